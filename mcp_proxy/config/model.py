@@ -1,0 +1,343 @@
+"""The config as frozen, typed objects.
+
+Shapes and value ranges are checked here, field by field, so pydantic reports every problem
+at once with its key path. Checks that need the whole file (a route naming an unknown pool, a
+selector that matches nothing, duplicate route names) live in `config.check`; file reads
+(`jwks_file`) in `config.load`. Defaults are the values SPEC.md shows.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
+
+_UNITS_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_UNITS_BYTES = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "kib": 1024,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+_NUMBER_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_duration(value: object) -> float:
+    """`250ms`, `3s`, `1m`, `2h`, or a plain number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 250ms, 3s or 1m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (found := _NUMBER_UNIT.match(value)):
+        number, unit = found.groups()
+        if unit.lower() not in _UNITS_SECONDS:
+            raise ValueError(f"unknown duration unit {unit!r} (use ms, s, m or h)")
+        seconds = float(number) * _UNITS_SECONDS[unit.lower()]
+    else:
+        raise ValueError("expected a duration like 250ms, 3s or 1m")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("a duration must be a finite number >= 0")
+    return seconds
+
+
+def parse_size(value: object) -> int:
+    """`65536`, `64KiB`, `10MiB`, `1GiB` -> bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 64KiB or 10MiB")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (found := _NUMBER_UNIT.match(value)):
+        number, unit = found.groups()
+        if unit.lower() not in _UNITS_BYTES:
+            raise ValueError(f"unknown size unit {unit!r} (use B, KiB, MiB, GiB, KB, MB, GB)")
+        size = int(float(number) * _UNITS_BYTES[unit.lower()])
+    else:
+        raise ValueError("expected a size like 64KiB or 10MiB")
+    if size < 0:
+        raise ValueError("a size must be >= 0")
+    return size
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+PositiveInt = Annotated[StrictInt, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Name = Annotated[StrictStr, Field(min_length=1, max_length=128)]
+Labels = dict[Name, StrictStr]
+
+
+def _parse_address(value: object) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `:port` (all interfaces) -> (host, port)."""
+    if not isinstance(value, str):
+        raise ValueError("expected an address like 127.0.0.1:8080")
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r} is not host:port with a port from 0 to 65535")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port_text)
+
+
+Address = Annotated[tuple[str, int], BeforeValidator(_parse_address)]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limits(Frozen):
+    header_timeout: PositiveDuration = 10.0
+    idle_timeout: PositiveDuration = 60.0
+    max_header_bytes: Annotated[Size, Field(ge=1024)] = 64 * 1024
+    max_headers: PositiveInt = 100
+    max_body_bytes: Size = 1024**3
+
+
+def _check_backend_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{url!r}: the scheme must be http or https")
+    if not parts.hostname:
+        raise ValueError(f"{url!r} has no host")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(f"{url!r}: {exc}") from None
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"{url!r}: give scheme://host:port only (no path, query or user)")
+    return url.rstrip("/")
+
+
+BackendUrl = Annotated[StrictStr, AfterValidator(_check_backend_url)]
+
+
+class BackendConfig(Frozen):
+    url: BackendUrl
+    weight: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = 1.0
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+PoolKind = Literal["on-prem", "private", "public"]
+
+
+class PoolConfig(Frozen):
+    kind: PoolKind
+    labels: Labels = {}
+    cost: NonNegativeFloat = 0.0
+    backends: Annotated[tuple[BackendConfig, ...], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _unique_urls(self) -> PoolConfig:
+        urls = [backend.url for backend in self.backends]
+        if len(set(urls)) != len(urls):
+            raise ValueError("a backend url appears twice in this pool")
+        return self
+
+
+class BalancerConfig(Frozen):
+    policy: Literal["lowest_rtt", "round_robin", "least_request"] = "lowest_rtt"
+    decay: PositiveDuration = 10.0
+    cost_weight: NonNegativeFloat = 0.0
+    # RTT assumed for a backend with no sample yet: never 0, so a new backend is probed.
+    default_rtt: PositiveDuration = 0.030
+    # Above this many candidates, pick between two random ones (P2C) instead of scanning all.
+    p2c_threshold: PositiveInt = 16
+
+
+class OutlierConfig(Frozen):
+    consecutive_failures: PositiveInt = 5
+    ejection_time: PositiveDuration = 30.0
+    max_ejected_percent: Annotated[StrictInt, Field(ge=0, le=100)] = 50
+
+
+class HealthConfig(Frozen):
+    path: Annotated[StrictStr, Field(pattern=r"^/[^\s]*$")] = "/healthz"
+    interval: PositiveDuration = 3.0
+    timeout: PositiveDuration = 1.0
+    unhealthy_threshold: PositiveInt = 3
+    healthy_threshold: PositiveInt = 2
+    outlier: OutlierConfig = OutlierConfig()
+
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+Algorithm = Literal[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+    "ES256", "ES384", "ES512", "EdDSA",
+]  # fmt: skip
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_jwks_url(url: str) -> str:
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ValueError(f"{url!r} has no host")
+    if parts.scheme == "https":
+        return url
+    if parts.scheme == "http" and _is_loopback_host(parts.hostname):
+        return url
+    raise ValueError(f"{url!r}: jwks_url must be https (http only to a loopback address)")
+
+
+class IssuerConfig(Frozen):
+    issuer: Annotated[StrictStr, Field(min_length=1)]
+    audiences: Annotated[tuple[Annotated[StrictStr, Field(min_length=1)], ...], Field(min_length=1)]
+    algorithms: Annotated[tuple[Algorithm, ...], Field(min_length=1)]
+    jwks_file: StrictStr | None = None
+    jwks_url: Annotated[StrictStr, AfterValidator(_check_jwks_url)] | None = None
+    secret_env: Annotated[StrictStr, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    jwks_max_age: PositiveDuration = 600.0
+    jwks_cooldown: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _one_key_source_matching_algorithms(self) -> IssuerConfig:
+        sources = [self.jwks_file, self.jwks_url, self.secret_env]
+        if sum(source is not None for source in sources) != 1:
+            raise ValueError("give exactly one key source: jwks_file, jwks_url or secret_env")
+        hmac = set(self.algorithms) & HMAC_ALGORITHMS
+        if hmac and len(hmac) != len(self.algorithms):
+            raise ValueError("one issuer never mixes HMAC (HS*) with RSA/EC algorithms")
+        if self.secret_env is not None and not hmac:
+            raise ValueError("secret_env goes with HS256/HS384/HS512 algorithms only")
+        if self.secret_env is None and hmac:
+            raise ValueError("HS* algorithms need secret_env (a JWKS holds public keys)")
+        return self
+
+
+class AuthConfig(Frozen):
+    default: Literal["required", "none"] = "required"
+    leeway: Duration = 30.0
+    issuers: tuple[IssuerConfig, ...] = ()
+
+
+class AdmissionConfig(Frozen):
+    classes: Annotated[tuple[Name, ...], Field(min_length=1)] = (
+        "critical",
+        "high",
+        "normal",
+        "low",
+    )
+    max_inflight: PositiveInt = 512
+    max_queue: Annotated[StrictInt, Field(ge=0)] = 2048
+    queue_timeout: PositiveDuration = 2.0
+    claim: Name | None = "priority"
+    default: Name = "normal"
+
+    @model_validator(mode="after")
+    def _default_is_a_class(self) -> AdmissionConfig:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("a class appears twice in admission.classes")
+        if self.default not in self.classes:
+            raise ValueError(f"default {self.default!r} is not one of classes {list(self.classes)}")
+        return self
+
+
+HTTP_TOKEN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+
+
+Method = Annotated[StrictStr, Field(pattern=HTTP_TOKEN)]
+
+
+class MatchConfig(Frozen):
+    path_prefix: Annotated[StrictStr, Field(pattern=r"^/")] = "/"
+    methods: Annotated[tuple[Method, ...], Field(min_length=1)] | None = None
+    host: Annotated[StrictStr, Field(min_length=1)] | None = None
+    headers: dict[Annotated[StrictStr, Field(pattern=HTTP_TOKEN)], StrictStr] = {}
+
+
+class TargetConfig(Frozen):
+    pools: Annotated[tuple[Name, ...], Field(min_length=1)] | None = None
+    selector: Annotated[Labels, Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TargetConfig:
+        if (self.pools is None) == (self.selector is None):
+            raise ValueError("give exactly one of pools or selector")
+        return self
+
+
+class ScopesConfig(Frozen):
+    scopes: Annotated[tuple[Annotated[StrictStr, Field(min_length=1)], ...], Field(min_length=1)]
+
+
+RouteAuth = Literal["none", "required"] | ScopesConfig
+
+
+class RouteConfig(Frozen):
+    name: Name
+    match: MatchConfig = MatchConfig()
+    to: TargetConfig
+    auth: RouteAuth | None = None
+    priority: Name | None = None
+    timeout: PositiveDuration = 30.0
+    retries: Annotated[StrictInt, Field(ge=0, le=10)] = 2
+
+
+class UpstreamConfig(Frozen):
+    """How the proxy talks to backends (an addition to SPEC.md's keys)."""
+
+    connect_timeout: PositiveDuration = 2.0
+    idle_timeout: PositiveDuration = 60.0  # a pooled connection unused this long is closed
+    max_idle_per_backend: Annotated[StrictInt, Field(ge=0)] = 128
+    dns_refresh: PositiveDuration = 30.0  # re-resolve host names at least this often
+
+
+class Config(Frozen):
+    listen: Address = ("127.0.0.1", 8080)
+    admin: Address = ("127.0.0.1", 9901)
+    limits: Limits = Limits()
+    pools: Annotated[dict[Name, PoolConfig], Field(min_length=1)]
+    balancer: BalancerConfig = BalancerConfig()
+    health: HealthConfig = HealthConfig()
+    auth: AuthConfig = AuthConfig()
+    admission: AdmissionConfig = AdmissionConfig()
+    routes: Annotated[tuple[RouteConfig, ...], Field(min_length=1)]
+    upstream: UpstreamConfig = UpstreamConfig()
+    drain_timeout: Duration = 20.0  # SIGTERM: how long in-flight requests may take to finish
+    access_log: StrictBool = True
