@@ -1,0 +1,22 @@
+"""mcp-proxy: an L7 reverse proxy for services spread across on-prem, private and public clouds.
+
+How this works (one request):
+
+    client.py     ClientConnection (asyncio Protocol + llhttp) parses the head, enforces limits
+    pipeline.py   handle(request): snapshot -> route -> token -> admission -> proxy -> record
+    runtime.py    Runtime: everything computed once from one config; RuntimeRef.current
+    routing.py    Router: first match wins (path prefix, methods, host, headers)
+    auth/         JWT verification (pyjwt) with a verified-token cache; key sets (file/URL/env)
+    admission/    priority queue (pure) and its asyncio gate
+    upstream/     balancer (peak-EWMA lowest RTT), health (hysteresis, outlier ejection),
+                  pool (keep-alive connections, llhttp response parser), forward (headers,
+                  streaming both ways, timeouts, retries)
+    reload.py     validate, build, warm, swap one reference
+    server.py     listeners, start-up and graceful shutdown;  admin.py  the admin endpoints
+    config/       model (frozen, typed), load (YAML with line numbers), check (cross-references)
+
+Decisions live in pure, synchronous objects (router, balancer, health state, admission queue,
+retry budget) with the clock and random generator passed in; the asyncio layer carries them out.
+"""
+
+__version__ = "0.1.0"

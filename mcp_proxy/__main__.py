@@ -1,0 +1,3 @@
+from mcp_proxy.cli import main
+
+raise SystemExit(main())

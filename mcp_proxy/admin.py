@@ -1,0 +1,83 @@
+"""The admin listener's endpoints (aiohttp). Never served on the public listener."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from mcp_proxy.reload import Reloader
+    from mcp_proxy.server import ProxyServer
+
+
+def make_admin_app(server: ProxyServer, reloader: Reloader) -> web.Application:
+    async def metrics(request: web.Request) -> web.Response:
+        body = server.metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        ready = server.ref is not None and server.runtime.healthy_backends() > 0
+        return web.json_response(
+            {"ready": ready}, status=200 if ready else 503, headers={"Cache-Control": "no-store"}
+        )
+
+    async def backends(request: web.Request) -> web.Response:
+        return web.json_response(backends_document(server))
+
+    async def config(request: web.Request) -> web.Response:
+        runtime = server.runtime
+        return web.json_response(
+            {
+                "version": runtime.version,
+                "loaded_at": runtime.loaded_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+                "source": runtime.source,
+            }
+        )
+
+    async def reload(request: web.Request) -> web.Response:
+        result = await reloader.reload(trigger="admin")
+        status = 422 if result["result"] == "refused" else 200
+        return web.json_response(result, status=status)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/admin/backends", backends)
+    app.router.add_get("/admin/config", config)
+    app.router.add_post("/admin/reload", reload)
+    return app
+
+
+def backends_document(server: ProxyServer) -> dict[str, Any]:
+    """SPEC's `/admin/backends` document for the current runtime."""
+    runtime = server.runtime
+    now = time.monotonic()
+    pools = []
+    for name, pool in runtime.config.pools.items():
+        pools.append(
+            {
+                "name": name,
+                "kind": pool.kind,
+                "labels": dict(pool.labels),
+                "cost": pool.cost,
+                "backends": [
+                    {
+                        "url": backend.url,
+                        "healthy": backend.health.healthy,
+                        "ejected": backend.outlier.is_ejected(now),
+                        "rtt_ms": round(backend.rtt.cost_at(now) * 1000, 3),
+                        "inflight": backend.inflight,
+                        "weight": backend.weight,
+                    }
+                    for backend in runtime.pools[name]
+                ],
+            }
+        )
+    return {"pools": pools}

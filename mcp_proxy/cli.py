@@ -1,0 +1,107 @@
+"""Commands: run, check, demo, token. Errors a user can make are one line each, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from mcp_proxy.config import ConfigError, LoadedConfig, load
+
+DEFAULT_CONFIG = "config/mcp-proxy.yaml"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command: str = args.command
+    if command == "check":
+        return check(args.config)
+    if command == "run":
+        return run(args.config, args.log_level)
+    if command == "demo":
+        from mcp_proxy.demo import run_demo
+
+        return run_demo(args)
+    from mcp_proxy.auth.mint import run_token_command
+
+    return run_token_command(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcp-proxy", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_cmd = commands.add_parser("run", help="run the proxy")
+    run_cmd.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (YAML)")
+    run_cmd.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    check_cmd = commands.add_parser("check", help="validate a config and print every problem")
+    check_cmd.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (YAML)")
+    demo_cmd = commands.add_parser("demo", help="start demo backends and the proxy, send traffic")
+    demo_cmd.add_argument("--port", type=int, default=8080, help="the proxy's port (0: any free)")
+    demo_cmd.add_argument("--requests", type=int, default=300, help="requests in each phase")
+    demo_cmd.add_argument("--no-serve", action="store_true", help="exit after the traffic")
+    token_cmd = commands.add_parser("token", help="mint a signed JWT for trying a config")
+    from mcp_proxy.auth.mint import add_token_arguments
+
+    add_token_arguments(token_cmd)
+    return parser
+
+
+def check(path: str) -> int:
+    try:
+        loaded = load(path)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+        return 2
+    config = loaded.config
+    backends = sum(len(pool.backends) for pool in config.pools.values())
+    print(
+        f"{path}: ok ({len(config.routes)} routes, {len(config.pools)} pools, "
+        f"{backends} backends, {loaded.version[:19]})"
+    )
+    return 0
+
+
+def run(path: str, log_level: str = "info") -> int:
+    try:
+        loaded = load(path)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+        return 2
+    setup_logging(log_level, access_log=loaded.config.access_log)
+    return serve(loaded)
+
+
+def setup_logging(level: str, access_log: bool) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("mcp_proxy.access").setLevel(logging.INFO if access_log else logging.WARNING)
+
+
+def serve(loaded: LoadedConfig) -> int:
+    import uvloop
+
+    from mcp_proxy.server import ProxyServer
+
+    async def main() -> int:
+        server = ProxyServer(loaded)
+        try:
+            await server.start()
+        except Exception as exc:  # a port in use, a key source that cannot be used
+            print(f"mcp-proxy: cannot start: {exc or type(exc).__name__}", file=sys.stderr)
+            await server.stop()
+            return 2
+        server.install_signal_handlers()
+        assert server.reloader is not None
+        server.reloader.watch()
+        await server.serve_until_stopped()
+        return 0
+
+    return uvloop.run(main())

@@ -1,0 +1,122 @@
+"""Every Prometheus collector of the proxy, in one place, on a registry of its own.
+
+Per-request work is kept to what must happen per request: labelled children are cached (the
+`labels()` lookup takes a lock and builds a key), and values that are state rather than events
+(RTT estimate, health, in-flight, queue depth) are read from the current runtime at scrape time
+by a custom collector instead of being pushed on every change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from time import monotonic
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from mcp_proxy.runtime import Runtime
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+QUEUE_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "mcp_proxy_requests", "Requests answered, by route, pool and status code.",
+            ["route", "pool", "code"], registry=r,
+        )  # fmt: skip
+        self.duration = Histogram(
+            "mcp_proxy_request_duration_seconds", "Time from request head to response end.",
+            ["route"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "mcp_proxy_queue_wait_seconds", "Time an admitted request waited for a slot.",
+            ["priority"], buckets=QUEUE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.rejected = Counter(
+            "mcp_proxy_rejected", "Requests refused by the proxy itself, by reason.",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.reloads = Counter(
+            "mcp_proxy_config_reloads", "Config reloads, by result.", ["result"], registry=r
+        )
+        self.config_info = Gauge(
+            "mcp_proxy_config_info", "The config version in force (1 for the current one).",
+            ["version"], registry=r,
+        )  # fmt: skip
+        self.jwks_fetches = Counter(
+            "mcp_proxy_jwks_fetches", "JWKS fetches from identity providers, by result.",
+            ["issuer", "result"], registry=r,
+        )  # fmt: skip
+        self.retries = Counter(
+            "mcp_proxy_upstream_retries", "Requests sent again to another backend.", registry=r
+        )
+        self._request_children: dict[tuple[str, str, int], Callable[[], None]] = {}
+        for reason in ("auth", "forbidden", "queue_full", "queue_timeout", "no_backend"):
+            self.rejected.labels(reason)
+        for result in ("ok", "refused"):
+            self.reloads.labels(result)
+
+    def count_request(self, route: str, pool: str, code: int) -> None:
+        key = (route, pool, code)
+        inc = self._request_children.get(key)
+        if inc is None:
+            inc = self.requests.labels(route, pool, str(code)).inc
+            self._request_children[key] = inc
+        inc()
+
+    def watch(self, current: Callable[[], Runtime | None]) -> None:
+        """Report the live state of whichever runtime is current at scrape time."""
+        self.registry.register(_StateCollector(current))
+
+    def set_config_version(self, version: str) -> None:
+        self.config_info.clear()
+        self.config_info.labels(version).set(1)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    def __init__(self, current: Callable[[], Runtime | None]) -> None:
+        self._current = current
+
+    def describe(self) -> list[Metric]:
+        return []  # dynamic: nothing to check at registration time
+
+    def collect(self) -> Iterator[Metric]:
+        runtime = self._current()
+        rtt = GaugeMetricFamily(
+            "mcp_proxy_upstream_rtt_seconds", "The balancer's RTT estimate per backend.",
+            labels=["pool", "backend"],
+        )  # fmt: skip
+        healthy = GaugeMetricFamily(
+            "mcp_proxy_backend_healthy", "1 while a backend takes traffic (healthy, not ejected).",
+            labels=["pool", "backend"],
+        )  # fmt: skip
+        inflight = GaugeMetricFamily(
+            "mcp_proxy_inflight_requests", "Requests in flight to a pool's backends.",
+            labels=["pool"],
+        )  # fmt: skip
+        depth = GaugeMetricFamily(
+            "mcp_proxy_queue_depth", "Requests waiting for admission, by priority class.",
+            labels=["priority"],
+        )  # fmt: skip
+        if runtime is not None:
+            now = monotonic()
+            for pool, backends in runtime.pools.items():
+                for backend in backends:
+                    rtt.add_metric([pool, backend.url], backend.rtt.cost_at(now))
+                    healthy.add_metric([pool, backend.url], float(backend.available(now)))
+                inflight.add_metric([pool], float(sum(b.inflight for b in backends)))
+            for name, count in runtime.gate.depth_by_class().items():
+                depth.add_metric([name], float(count))
+        yield from (rtt, healthy, inflight, depth)

@@ -1,0 +1,205 @@
+"""Runtime: the immutable snapshot built from one Config, and the one reference to the current one.
+
+A request takes `ref.current` once and keeps that snapshot to the end, so a reload never changes
+a request mid-flight. Everything a request needs that can be computed from the config is
+computed here, once: the compiled router, each route's candidate backends and balancing policy,
+its auth requirement and priority class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mcp_proxy.admission.gate import AdmissionGate
+from mcp_proxy.auth import Verifier
+from mcp_proxy.config import LoadedConfig
+from mcp_proxy.config.model import Config, RouteConfig, ScopesConfig
+from mcp_proxy.routing import Router
+from mcp_proxy.upstream.backend import Backend
+from mcp_proxy.upstream.balancer import Policy, make_policy
+from mcp_proxy.upstream.health_check import HealthChecker
+from mcp_proxy.upstream.retry import RetryBudget
+
+if TYPE_CHECKING:
+    from mcp_proxy.metrics import Metrics
+
+
+def _ignore(value: float) -> None:
+    return None
+
+
+@dataclass(slots=True, eq=False)
+class Route:
+    name: str
+    candidates: tuple[Backend, ...]
+    policy: Policy[Backend]
+    # None: no token needed; otherwise a verified token with these scopes (maybe none).
+    scopes: frozenset[str] | None
+    priority: int
+    timeout: float
+    retries: int
+    observe_duration: Callable[[float], None] = field(repr=False, default=_ignore)
+
+    def __repr__(self) -> str:
+        return f"<Route {self.name} candidates={len(self.candidates)} priority={self.priority}>"
+
+
+class Runtime:
+    """One config's worth of live objects. Build, `start()`, serve, `close()`."""
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        loop: asyncio.AbstractEventLoop,
+        metrics: Metrics,
+        previous: Runtime | None = None,
+    ) -> None:
+        config = loaded.config
+        self.config = config
+        self.loaded = loaded
+        self.version = loaded.version
+        self.source = loaded.source
+        self.loaded_at = datetime.now(UTC)
+        self.loop = loop
+        self.active = 0  # requests being served on this snapshot
+        self.pools = _build_pools(config, loop, previous)
+        self.backends = {b.key: b for backends in self.pools.values() for b in backends}
+        self.routes = tuple(_build_route(r, config, self.pools, metrics) for r in config.routes)
+        self.router: Router[Route] = Router(
+            [(rc.match, route) for rc, route in zip(config.routes, self.routes, strict=True)]
+        )
+        self.max_ejected_percent = config.health.outlier.max_ejected_percent
+        self.retry_budget = RetryBudget()
+        self.verifier = Verifier(
+            config.auth,
+            Path(loaded.source).parent,
+            on_fetch=lambda issuer, ok: metrics.jwks_fetches.labels(
+                issuer, "ok" if ok else "failed"
+            ).inc(),
+        )
+        # An unchanged admission config keeps its gate, so a reload does not briefly double
+        # the concurrency bound while the old snapshot's requests finish.
+        self.gate: AdmissionGate
+        self.owns_gate: bool
+        if previous is not None and previous.config.admission == config.admission:
+            self.gate = previous.gate
+            previous.owns_gate = False
+        else:
+            self.gate = AdmissionGate(config.admission, loop=loop)
+        self.owns_gate = True
+        self.claim = config.admission.claim
+        self.health = HealthChecker(config.health)
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<Runtime {self.version[:19]} routes={len(self.routes)} "
+            f"backends={len(self.backends)} active={self.active}>"
+        )
+
+    async def start(self) -> None:
+        """Load keys and start probing. Raises if a key source cannot be used."""
+        await self.verifier.start()
+        self.health.start(self.backends.values())
+
+    async def warm(self, known: set[tuple[str, str]]) -> None:
+        """Before a reload's swap: probe the backends the previous snapshot did not have."""
+        fresh = [b for key, b in self.backends.items() if key not in known]
+        if fresh:
+            await asyncio.gather(*(self.health.probe(b) for b in fresh))
+
+    def retire(self) -> None:
+        """Swapped out: stop probing now (the new snapshot probes the backends it kept)."""
+        self.health.stop()
+
+    def healthy_backends(self) -> int:
+        now = time.monotonic()
+        return sum(backend.available(now) for backend in self.backends.values())
+
+    async def close(self, keep: frozenset[tuple[str, str]] = frozenset()) -> None:
+        """Release what this snapshot alone holds; backends in `keep` live on in the next one."""
+        self.closed = True
+        await self.health.close()
+        if self.owns_gate:
+            self.gate.close()
+        await self.verifier.close()
+        for key, backend in self.backends.items():
+            if key not in keep:
+                backend.connections.close()
+
+
+def _build_pools(
+    config: Config, loop: asyncio.AbstractEventLoop, previous: Runtime | None
+) -> dict[str, tuple[Backend, ...]]:
+    old = previous.backends if previous is not None else {}
+    pools: dict[str, tuple[Backend, ...]] = {}
+    for name, pool in config.pools.items():
+        backends = []
+        for backend_config in pool.backends:
+            backend = old.get((name, backend_config.url))
+            if backend is None:
+                backend = Backend(name, pool, backend_config, config, loop)
+            else:
+                backend.reconfigure(pool, backend_config, config)
+            backends.append(backend)
+        pools[name] = tuple(backends)
+    return pools
+
+
+def _build_route(
+    route: RouteConfig, config: Config, pools: dict[str, tuple[Backend, ...]], metrics: Metrics
+) -> Route:
+    if route.to.pools is not None:
+        names = list(route.to.pools)
+    else:
+        selector = route.to.selector or {}
+        names = [
+            name
+            for name, pool in config.pools.items()
+            if all(pool.labels.get(k) == v for k, v in selector.items())
+        ]
+    candidates = tuple(backend for name in names for backend in pools[name])
+    for backend in candidates:
+        backend.groups.append(candidates)
+    admission = config.admission
+    priority = route.priority or admission.default
+    return Route(
+        name=route.name,
+        candidates=candidates,
+        policy=make_policy(config.balancer),
+        scopes=_scopes(route, config),
+        priority=admission.classes.index(priority),
+        timeout=route.timeout,
+        retries=route.retries,
+        observe_duration=metrics.duration.labels(route.name).observe,
+    )
+
+
+def _scopes(route: RouteConfig, config: Config) -> frozenset[str] | None:
+    auth = route.auth if route.auth is not None else config.auth.default
+    if auth == "none":
+        return None
+    if isinstance(auth, ScopesConfig):
+        return frozenset(auth.scopes)
+    return frozenset()
+
+
+class RuntimeRef:
+    """The one reference a reload swaps."""
+
+    __slots__ = ("current", "swapped_at")
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.current = runtime
+        self.swapped_at = time.monotonic()
+
+    def swap(self, runtime: Runtime) -> Runtime:
+        previous, self.current = self.current, runtime
+        self.swapped_at = time.monotonic()
+        return previous

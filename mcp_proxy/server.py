@@ -1,0 +1,141 @@
+"""The process: listeners, start-up and shutdown order, graceful drain.
+
+Start: load config -> build and start the runtime (keys, health checks) -> bind the admin
+listener -> bind the public listener. Stop (SIGTERM/SIGINT): stop accepting -> idle client
+connections close, busy ones finish their current response (bounded by `drain_timeout`) ->
+anything left is closed -> runtime closed (pools, health checks, key fetchers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Callable
+
+from aiohttp import web
+
+from mcp_proxy.admin import make_admin_app
+from mcp_proxy.client import ClientConnection
+from mcp_proxy.config import LoadedConfig
+from mcp_proxy.metrics import Metrics
+from mcp_proxy.pipeline import Pipeline
+from mcp_proxy.reload import Reloader
+from mcp_proxy.runtime import Runtime, RuntimeRef
+
+log = logging.getLogger("mcp_proxy")
+
+
+class ProxyServer:
+    def __init__(self, loaded: LoadedConfig) -> None:
+        self.initial = loaded
+        self.metrics = Metrics()
+        self.connections: set[ClientConnection] = set()
+        self.ref: RuntimeRef | None = None
+        self.listener: asyncio.Server | None = None
+        self.admin_runner: web.AppRunner | None = None
+        self.reloader: Reloader | None = None
+        self.stopping = asyncio.Event()
+        self.listen_address: tuple[str, int] = ("", 0)
+        self.admin_address: tuple[str, int] = ("", 0)
+
+    def __repr__(self) -> str:
+        return f"<ProxyServer listen={self.listen_address} connections={len(self.connections)}>"
+
+    @property
+    def runtime(self) -> Runtime:
+        assert self.ref is not None
+        return self.ref.current
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        runtime = Runtime(self.initial, loop, self.metrics)
+        await runtime.start()
+        self.ref = RuntimeRef(runtime)
+        self.metrics.watch(lambda: self.ref.current if self.ref else None)
+        self.metrics.set_config_version(runtime.version)
+        self.reloader = Reloader(self)
+        await self._start_admin(runtime)
+        await self._start_listener(runtime)
+        log.info(
+            "mcp-proxy listening on %s:%d (admin %s:%d), config %s",
+            *self.listen_address, *self.admin_address, runtime.version[:19],
+        )  # fmt: skip
+
+    async def _start_listener(self, runtime: Runtime) -> None:
+        assert self.ref is not None
+        pipeline = Pipeline(self.ref, self.metrics)
+        ref = self.ref
+        host, port = runtime.config.listen
+
+        def connection() -> ClientConnection:
+            conn = ClientConnection(pipeline.handle, ref.current.config.limits, self._forget)
+            self.connections.add(conn)
+            return conn
+
+        loop = asyncio.get_running_loop()
+        self.listener = await loop.create_server(
+            connection, host, port, reuse_address=True, backlog=1024
+        )
+        self.listen_address = _bound(self.listener)
+
+    async def _start_admin(self, runtime: Runtime) -> None:
+        assert self.reloader is not None
+        app = make_admin_app(self, self.reloader)
+        self.admin_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.admin_runner.setup()
+        host, port = runtime.config.admin
+        site = web.TCPSite(self.admin_runner, host, port, reuse_address=True)
+        await site.start()
+        self.admin_address = _bound(site._server)
+
+    def _forget(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        if self.reloader is not None:
+            loop.add_signal_handler(signal.SIGHUP, self.reloader.request_reload)
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), then close everything."""
+        grace = self.runtime.config.drain_timeout if self.ref else 0.0
+        if self.listener is not None:
+            self.listener.close()
+        for conn in list(self.connections):
+            conn.start_draining()
+        await _wait_until(lambda: not self.connections, grace)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self.reloader is not None:
+            await self.reloader.close()
+        if self.ref is not None:
+            await self.ref.current.close()
+        if self.admin_runner is not None:
+            await self.admin_runner.cleanup()
+        log.info("mcp-proxy stopped")
+
+    async def serve_until_stopped(self) -> None:
+        await self.stopping.wait()
+        await self.stop()
+
+
+async def _wait_until(condition: Callable[[], bool], timeout: float) -> None:
+    """Poll `condition` every 50 ms until it holds or `timeout` passes."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition() and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+
+
+def _bound(server: asyncio.AbstractServer | None) -> tuple[str, int]:
+    """The address a listener actually bound (port 0 becomes a real port)."""
+    for sock in getattr(server, "sockets", ()):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            address = sock.getsockname()
+            return address[0], address[1]
+    raise RuntimeError("listener has no inet socket")

@@ -1,0 +1,297 @@
+"""One request to a backend and its response back to the client, with retries elsewhere.
+
+Headers in: hop-by-hop fields and every field named in Connection are dropped, client copies of
+X-Auth-* (any case, `_` for `-`) too; then the proxy's own fields are added, so no Connection
+option can remove them. Headers out: the same stripping on the response. Both legs are framed by
+the proxy: Content-Length when the length is known, chunked otherwise (close-delimited for an
+HTTP/1.0 client).
+
+Retries (route `retries`): a failed connect is retried on another backend for any method, since
+nothing was sent; a reset, a timeout or a 502/503 before the response head only for idempotent
+methods without a body; never once response bytes reached the client; and only while the
+retry budget allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from time import monotonic
+from typing import TYPE_CHECKING
+
+from mcp_proxy import wire
+from mcp_proxy.body import Body
+from mcp_proxy.client import ClientDisconnected, Request
+from mcp_proxy.errors import NoHealthyBackend, ProxyError, UpstreamError, UpstreamTimeout
+from mcp_proxy.upstream.pool import ResponseHead, UpstreamConnection
+
+if TYPE_CHECKING:
+    from mcp_proxy.runtime import Route, Runtime
+    from mcp_proxy.upstream.backend import Backend
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_AUTH_PREFIXES = frozenset({b"x-auth-", b"x_auth_", b"x-auth_", b"x_auth-"})
+_STRIP_IN = wire.HOP_BY_HOP | wire.REQUEST_OWN | {b"x-forwarded-for"}
+_STRIP_OUT = wire.HOP_BY_HOP | wire.RESPONSE_OWN
+_RETRY_STATUSES = frozenset({502, 503})
+
+
+class ResponseAborted(Exception):
+    """The response had started when the exchange failed: the client connection must close."""
+
+
+class Outcome:
+    """What the pipeline records for metrics and the access log."""
+
+    __slots__ = ("attempts", "backend", "status")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.backend: Backend | None = None
+        self.attempts = 0
+
+
+def request_head(
+    request: Request, identity: Sequence[tuple[bytes, bytes]], request_id: bytes
+) -> bytes:
+    """The request head sent upstream (the same for every attempt)."""
+    drop = _STRIP_IN
+    if request.connection_tokens:
+        drop = drop | wire.connection_tokens(request.connection_tokens)
+    parts = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), request.target)]
+    for name, value in request.headers:
+        if name in drop or name[:7] in _AUTH_PREFIXES:
+            continue
+        parts += (name, b": ", value, b"\r\n")
+    for name, value in identity:
+        parts += (name, b": ", value, b"\r\n")
+    peer = request.conn.peer
+    forwarded = peer if request.forwarded_for is None else request.forwarded_for + b", " + peer
+    host = request.host or b""
+    parts.append(
+        b"x-forwarded-for: %s\r\nx-forwarded-proto: http\r\nx-forwarded-host: %s\r\n"
+        b"via: %s\r\nx-request-id: %s\r\n" % (forwarded, host, wire.VIA, request_id)
+    )
+    if request.chunked:
+        parts.append(b"transfer-encoding: chunked\r\n")
+    elif request.content_length is not None:
+        parts.append(b"content-length: %d\r\n" % request.content_length)
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+async def proxy(
+    runtime: Runtime,
+    route: Route,
+    request: Request,
+    head: bytes,
+    request_id: bytes,
+    outcome: Outcome,
+    rng: random.Random,
+) -> None:
+    """Pick a backend, exchange, and retry elsewhere when that is safe; see the module notes."""
+    tried: list[Backend] = []
+    budget = runtime.retry_budget
+    budget.record_request(monotonic())
+    last_error: ProxyError | None = None
+    while True:
+        backend = route.policy.pick(route.candidates, monotonic(), rng, tried)
+        if backend is None:
+            raise last_error or NoHealthyBackend()
+        outcome.backend = backend
+        outcome.attempts += 1
+        try:
+            await exchange(runtime, route, backend, request, head, request_id, outcome)
+            return
+        except (UpstreamError, UpstreamTimeout) as error:
+            now = monotonic()
+            if not _may_retry(error, request, route, outcome.attempts) or not budget.can_retry(now):
+                raise
+            budget.record_retry(now)
+            tried.append(backend)
+            last_error = error
+
+
+def _may_retry(error: ProxyError, request: Request, route: Route, attempts: int) -> bool:
+    if attempts > route.retries or request.conn.closed:
+        return False
+    if isinstance(error, UpstreamError) and error.before_send:
+        return True
+    replayable = request.body is request.conn.empty_body
+    return replayable and request.method in wire.IDEMPOTENT_METHODS
+
+
+async def exchange(
+    runtime: Runtime,
+    route: Route,
+    backend: Backend,
+    request: Request,
+    head: bytes,
+    request_id: bytes,
+    outcome: Outcome,
+) -> None:
+    """One attempt on one backend. Passive health and the RTT estimate learn from it."""
+    loop = request.conn.loop
+    backend.inflight += 1
+    ok = False
+    try:
+        conn, _ = await backend.connections.acquire()
+        try:
+            head_future, body = conn.begin(head_only=request.method == "HEAD")
+            sent_at = monotonic()
+            response = await _send(conn, head_future, route, request, head, loop)
+            now = monotonic()
+            backend.rtt.observe(now - sent_at, now)  # the sample: time to the response head
+            backend.served += 1
+            if response.status in _RETRY_STATUSES and _may_retry_status(request, route, outcome):
+                raise UpstreamError(f"backend answered {response.status}", before_send=False)
+            ok = response.status < 500
+            outcome.status = response.status
+            await _relay(conn, body, response, request, request_id, route.timeout)
+        finally:
+            conn.end_exchange()
+    finally:
+        backend.inflight -= 1
+        backend.record(ok, monotonic(), runtime.max_ejected_percent)
+
+
+def _may_retry_status(request: Request, route: Route, outcome: Outcome) -> bool:
+    """Retry a 502/503 answer only where a retry could be sent and could land elsewhere."""
+    now = monotonic()
+    return (
+        request.body is request.conn.empty_body
+        and request.method in wire.IDEMPOTENT_METHODS
+        and outcome.attempts <= route.retries
+        and sum(candidate.available(now) for candidate in route.candidates) > 1
+    )
+
+
+async def _send(
+    conn: UpstreamConnection,
+    head_future: asyncio.Future[ResponseHead],
+    route: Route,
+    request: Request,
+    head: bytes,
+    loop: asyncio.AbstractEventLoop,
+) -> ResponseHead:
+    """Write the request; return the response head, or raise within the route's timeout."""
+    timer = loop.call_later(route.timeout, _expire, head_future, route.timeout)
+    try:
+        if request.body is request.conn.empty_body:
+            conn.write(head)
+            return await head_future
+        if request.expect_continue and request.body.received == 0:
+            request.conn.write(CONTINUE)  # only now: auth and admission have passed
+            request.expect_continue = False  # once, even across retries
+        conn.write(head)
+        upload = loop.create_task(_upload(conn, request))
+        try:
+            await asyncio.wait((head_future, upload), return_when=asyncio.FIRST_COMPLETED)
+            if upload.done() and upload.exception() is not None:
+                upload.result()  # the upload failed: raise why (client gone, body too large)
+            return await head_future
+        finally:
+            if not upload.done():
+                # The backend answered before the whole body went up: the connection's state
+                # is unknown, and the client's unread body forbids reusing its connection too.
+                upload.cancel()
+                conn.abort()
+    except asyncio.CancelledError:
+        conn.abort()
+        raise
+    finally:
+        timer.cancel()
+
+
+def _expire(head_future: asyncio.Future[ResponseHead], timeout: float) -> None:
+    if not head_future.done():
+        head_future.set_exception(UpstreamTimeout(f"backend did not answer within {timeout:g}s"))
+
+
+async def _upload(conn: UpstreamConnection, request: Request) -> None:
+    body, chunked = request.body, request.chunked
+    try:
+        while data := await body.read():
+            conn.write(wire.chunk(data) if chunked else data)
+            await conn.drain()
+        if chunked:
+            conn.write(wire.LAST_CHUNK)
+    except (ClientDisconnected, ProxyError):
+        conn.abort()  # half a body went up: never reuse this connection
+        raise
+
+
+async def _relay(
+    conn: UpstreamConnection,
+    body: Body,
+    response: ResponseHead,
+    request: Request,
+    request_id: bytes,
+    timeout: float,
+) -> None:
+    """Stream the response to the client, framed by us."""
+    client = request.conn
+    framing, has_body, chunked = _framing(response, request)
+    client.write(response_head(response, request, request_id, framing))
+    request.response_started = True
+    if not has_body:
+        return
+    while True:
+        try:
+            data = body.read_nowait()
+            if data is None:
+                async with asyncio.timeout(timeout):
+                    data = await body.read()
+        except TimeoutError:
+            conn.abort()
+            raise ResponseAborted(f"backend body stalled for {timeout:g}s") from None
+        except ProxyError as exc:
+            raise ResponseAborted(exc.message) from None
+        if not data:
+            break
+        client.write(wire.chunk(data) if chunked else data)
+        if client.write_paused:
+            await client.drain()
+    if chunked:
+        client.write(wire.LAST_CHUNK)
+
+
+def _framing(response: ResponseHead, request: Request) -> tuple[bytes, bool, bool]:
+    """The client-side framing header; whether a body follows; whether it goes chunked."""
+    status, length = response.status, response.content_length
+    if request.method == "HEAD" or status == 304:
+        return (b"" if length is None else b"content-length: %d\r\n" % length), False, False
+    if status == 204:
+        return b"", False, False
+    if length is not None:
+        return b"content-length: %d\r\n" % length, True, False
+    if request.version == b"1.1":
+        return b"transfer-encoding: chunked\r\n", True, True
+    request.keep_alive = False  # HTTP/1.0 client, length unknown: the close ends the body
+    return b"", True, False
+
+
+def response_head(
+    response: ResponseHead, request: Request, request_id: bytes, framing: bytes
+) -> bytes:
+    drop = _STRIP_OUT
+    tokens = [value for name, value in response.headers if name == b"connection"]
+    if tokens:
+        drop = drop | wire.connection_tokens(tokens)
+    parts = [wire.status_line(response.status)]
+    for name, value in response.headers:
+        if name not in drop:
+            parts += (name, b": ", value, b"\r\n")
+    parts.append(b"x-request-id: %s\r\nvia: %s\r\n%s" % (request_id, wire.VIA, framing))
+    parts.append(_connection_header(request))
+    return b"".join(parts)
+
+
+def _connection_header(request: Request) -> bytes:
+    if not request.keep_alive or request.conn.draining or not request.body.done:
+        request.keep_alive = False
+        return b"connection: close\r\n\r\n"
+    if request.version == b"1.0":
+        return b"connection: keep-alive\r\n\r\n"
+    return b"\r\n"
