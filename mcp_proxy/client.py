@@ -114,7 +114,12 @@ class ClientConnection(asyncio.Protocol):
         self.queue: deque[Request] = deque()
         self.task: asyncio.Task[None] | None = None
         self.current: Request | None = None
+        # One lazily re-armed timer: setting a deadline is a float store, and a TimerHandle is
+        # made only when none is armed early enough (most requests never make one).
         self.timer: asyncio.TimerHandle | None = None
+        self.deadline: float | None = None
+        self.on_deadline: Callable[[], None] = _nothing
+        self.head_deadline_set = False
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.reading_paused = 0  # a count: the body and the pipeline queue may each pause reading
@@ -130,7 +135,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self.peer = peer[0].encode() if peer else b""
-        self._arm(self.limits.idle_timeout, self._idle_expired)
+        self._set_deadline(self.limits.idle_timeout, self._idle_expired)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -144,6 +149,10 @@ class ClientConnection(asyncio.Protocol):
             self.head_bytes += len(data)
             if self.head_bytes > self.limits.max_header_bytes:
                 self._reject(ClientError(431, "request header fields too large"))
+            elif not self.head_deadline_set and self.current is None:
+                # Only a head that did not arrive whole needs its deadline (slowloris).
+                self.head_deadline_set = True
+                self._set_deadline(self.limits.header_timeout, self._head_expired)
 
     def _feed(self, data: bytes) -> None:
         while True:
@@ -194,8 +203,8 @@ class ClientConnection(asyncio.Protocol):
         self.parsing = Request(self)
         self.in_head = True
         self.head_bytes = 0
-        if self.current is None:
-            self._arm(self.limits.header_timeout, self._head_expired)
+        self.head_deadline_set = False
+        self.deadline = None  # no longer idle
 
     def on_url(self, url: bytes) -> None:
         assert self.parsing is not None
@@ -225,8 +234,9 @@ class ClientConnection(asyncio.Protocol):
         if request.chunked or request.content_length:
             request.body = Body(self.loop, self._pause_reading, self._resume_reading)
         request.started = monotonic()
+        if self.head_deadline_set:
+            self.deadline = None
         if self.current is None:
-            self._cancel_timer()
             self._start(request)
         else:
             self.queue.append(request)
@@ -308,9 +318,11 @@ class ClientConnection(asyncio.Protocol):
                 self._resume_reading()
             self._start(self.queue.popleft())
         elif self.parsing is not None:
-            self._arm(self.limits.header_timeout, self._head_expired)
+            if self.in_head:
+                self.head_deadline_set = True
+                self._set_deadline(self.limits.header_timeout, self._head_expired)
         else:
-            self._arm(self.limits.idle_timeout, self._idle_expired)
+            self._set_deadline(self.limits.idle_timeout, self._idle_expired)
 
     def _reject(self, error: ClientError) -> None:
         """A malformed or over-limit request: answer it (if nothing is in flight) and close."""
@@ -328,6 +340,11 @@ class ClientConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
             self.transport.write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        """Several pieces in one send (uvloop gathers them into one writev)."""
+        if not self.closed and self.transport is not None:
+            self.transport.writelines(parts)
 
     async def drain(self) -> None:
         if self.closed:
@@ -349,22 +366,38 @@ class ClientConnection(asyncio.Protocol):
             self.close()
 
     # -- timers and flow control ----------------------------------------------------------------
-    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self.timer = self.loop.call_later(delay, callback)
+    def _set_deadline(self, delay: float, on_deadline: Callable[[], None]) -> None:
+        when = self.loop.time() + delay
+        self.deadline = when
+        self.on_deadline = on_deadline
+        timer = self.timer
+        if timer is None or timer.when() > when:
+            if timer is not None:
+                timer.cancel()
+            self.timer = self.loop.call_at(when, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        self.timer = None
+        when = self.deadline
+        if when is None or self.closed:
+            return
+        if when > self.loop.time():
+            self.timer = self.loop.call_at(when, self._check_deadline)  # it moved later
+            return
+        self.deadline = None
+        self.on_deadline()
 
     def _cancel_timer(self) -> None:
+        self.deadline = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
     def _head_expired(self) -> None:
-        self.timer = None
         if self.current is None and self.parsing is not None:
             self._reject(ClientError(408, "request head not received in time"))
 
     def _idle_expired(self) -> None:
-        self.timer = None
         if self.current is None and self.parsing is None:
             self.close()
 

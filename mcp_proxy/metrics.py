@@ -60,6 +60,7 @@ class Metrics:
             "mcp_proxy_upstream_retries", "Requests sent again to another backend.", registry=r
         )
         self._request_children: dict[tuple[str, str, int], Callable[[], None]] = {}
+        self._queue_wait_children: dict[str, Callable[[float], None]] = {}
         for reason in ("auth", "forbidden", "queue_full", "queue_timeout", "no_backend"):
             self.rejected.labels(reason)
         for result in ("ok", "refused"):
@@ -72,6 +73,13 @@ class Metrics:
             inc = self.requests.labels(route, pool, str(code)).inc
             self._request_children[key] = inc
         inc()
+
+    def observe_queue_wait(self, priority: str, seconds: float) -> None:
+        observe = self._queue_wait_children.get(priority)
+        if observe is None:
+            observe = self.queue_wait.labels(priority).observe
+            self._queue_wait_children[priority] = observe
+        observe(seconds)
 
     def watch(self, current: Callable[[], Runtime | None]) -> None:
         """Report the live state of whichever runtime is current at scrape time."""

@@ -109,11 +109,8 @@ class Pipeline:
 
     async def _admit(self, runtime: Runtime, klass: int) -> float:
         gate = runtime.gate
-        if gate.try_acquire():
-            self.metrics.queue_wait.labels(gate.class_names[klass]).observe(0.0)
-            return 0.0
-        waited = await gate.wait(klass)
-        self.metrics.queue_wait.labels(gate.class_names[klass]).observe(waited)
+        waited = 0.0 if gate.try_acquire() else await gate.wait(klass)
+        self.metrics.observe_queue_wait(gate.class_names[klass], waited)
         return waited
 
     # -- the one place errors become responses -------------------------------------------------

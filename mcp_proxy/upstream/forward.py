@@ -233,10 +233,25 @@ async def _relay(
     """Stream the response to the client, framed by us."""
     client = request.conn
     framing, has_body, chunked = _framing(response, request)
-    client.write(response_head(response, request, request_id, framing))
+    head = response_head(response, request, request_id, framing)
     request.response_started = True
     if not has_body:
+        client.write(head)
         return
+    # Usually the whole response came in one read: send head, body and end in one syscall.
+    data = body.read_nowait()
+    if data is None:
+        client.write(head)
+    else:
+        ended = body.finished  # `data` is all of it
+        parts = [head]
+        if data:
+            parts.append(wire.chunk(data) if chunked else data)
+        if ended and chunked:
+            parts.append(wire.LAST_CHUNK)
+        client.writelines(parts)
+        if ended:
+            return
     while True:
         try:
             data = body.read_nowait()
