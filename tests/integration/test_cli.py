@@ -1,0 +1,116 @@
+"""The commands as a user runs them: real processes, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from tests.integration.harness import Backend, eventually, free_port, simple_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def run_cli(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mcp_proxy", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_check_accepts_the_shipped_config():
+    code, out, err = await run_cli("check", "-c", "config/mcp-proxy.yaml")
+    assert code == 0, err
+    assert "ok" in out
+
+
+async def test_check_lists_every_problem_one_line_each_and_exits_2(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "listen: nowhere\n"
+        "pools:\n"
+        "  a: {kind: moon, backends: [{url: 'ftp://x'}]}\n"
+        "routes:\n"
+        "  - {name: r, to: {pools: [a]}, tiemout: 3s}\n"
+    )
+    code, out, err = await run_cli("check", "-c", str(path))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) >= 4
+    assert any("listen" in line for line in lines)
+    assert any("pools.a.kind" in line for line in lines)
+    assert any("pools.a.backends[0].url" in line for line in lines)
+    assert any("tiemout" in line for line in lines)
+    assert "Traceback" not in err
+
+
+async def test_run_with_a_bad_config_exits_2_listing_the_problems(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("pools: {}\nroutes: []\n")
+    code, _, err = await run_cli("run", "-c", str(path))
+    assert code == 2
+    assert "pools" in err and "routes" in err
+    assert "Traceback" not in err
+
+
+async def test_run_serves_and_sigterm_drains_and_exits_0(tmp_path: Path):
+    backend = await Backend.start("dc1")
+    backend.release = asyncio.Event()
+    port, admin = free_port(), free_port()
+    config = simple_config(backend, listen=f"127.0.0.1:{port}", admin=f"127.0.0.1:{admin}")
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mcp_proxy", "run", "-c", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+    )  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def ready() -> bool:
+                try:
+                    async with http.get(f"http://127.0.0.1:{admin}/readyz") as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await eventually(ready, timeout=20)
+            in_flight = asyncio.create_task(http.get(f"http://127.0.0.1:{port}/slow"))
+            await eventually(lambda: backend.inflight == 1)
+            process.send_signal(signal.SIGTERM)
+            # New connections are refused once it stops accepting...
+            await eventually(lambda: _refused(port), timeout=10)
+            backend.release.set()
+            # ...while the request in flight completes.
+            response = await in_flight
+            assert response.status == 200
+            response.release()
+        assert await asyncio.wait_for(process.wait(), 20) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await backend.stop()
+
+
+def _refused(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+async def test_token_command_prints_a_token(monkeypatch):
+    monkeypatch.setenv("MCP_TEST_SECRET", "s" * 48)  # the child process inherits it
+    code, out, err = await run_cli(
+        "token", "--secret-env", "MCP_TEST_SECRET", "--iss", "https://idp", "--aud", "api"
+    )
+    assert code == 0, err
+    assert out.strip().count(".") == 2
