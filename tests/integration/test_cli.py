@@ -40,7 +40,7 @@ async def test_check_lists_every_problem_one_line_each_and_exits_2(tmp_path: Pat
         "routes:\n"
         "  - {name: r, to: {pools: [a]}, tiemout: 3s}\n"
     )
-    code, out, err = await run_cli("check", "-c", str(path))
+    code, _, err = await run_cli("check", "-c", str(path))
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) >= 4
