@@ -463,6 +463,10 @@ def _note_expect(request: Request, value: bytes, conn: ClientConnection) -> None
 
 
 def _note_authorization(request: Request, value: bytes, conn: ClientConnection) -> None:
+    # The proxy verifies one value and forwards every line: a second one could carry an
+    # unverified token to a backend that reads the first (RFC 9110 5.3: not a list field).
+    if request.authorization is not None:
+        conn._fail_parse(ClientError(400, "more than one Authorization header"))
     request.authorization = value
 
 

@@ -119,7 +119,9 @@ class Pipeline:
         if request.response_started:
             request.conn.close()
             return error.status
-        if not request.body.done:
+        if request.body.done:
+            request.body.read_nowait()  # all here but never read: drop it, keep the connection
+        else:
             request.keep_alive = False  # its unread body would be parsed as the next request
         body = wire.error_body(error.message, request_id)
         parts = [
