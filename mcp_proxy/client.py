@@ -53,6 +53,7 @@ class Request:
         "host",
         "keep_alive",
         "method",
+        "queued",
         "request_id",
         "response_started",
         "started",
@@ -77,6 +78,7 @@ class Request:
         self.keep_alive = True
         self.started = 0.0
         self.response_started = False
+        self.queued = False  # waiting for an admission slot (set by the pipeline)
         self.body: Body = conn.empty_body
 
     @property
@@ -169,6 +171,11 @@ class ClientConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         if self.parsing is not None:
             self.parsing.body.fail(ClientDisconnected("client closed mid-body"))
+        if self.current is not None and self.current.queued:
+            # Closed while waiting for admission: the client gave up (nginx 499, HAProxy
+            # `abortonclose`). Closing cancels the wait, so it leaves the queue now instead of
+            # taking a slot later for an answer nobody reads.
+            return False
         # Half-close: keep the socket open so an in-flight response can still be written,
         # then close after it.
         self.draining = True

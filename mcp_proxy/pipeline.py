@@ -56,7 +56,7 @@ class Pipeline:
             route = self._route(runtime, request)
             identity = await self._authenticate(runtime, route, request)
             klass = self._priority(runtime, route, identity)
-            waited = await self._admit(runtime, klass)
+            waited = await self._admit(runtime, klass, request)
             try:
                 head = request_head(request, _identity_headers(identity), request_id)
                 await proxy(runtime, route, request, head, request_id, outcome, self.rng)
@@ -107,9 +107,16 @@ class Pipeline:
             return runtime.gate.class_index(claimed, route.priority)
         return route.priority
 
-    async def _admit(self, runtime: Runtime, klass: int) -> float:
+    async def _admit(self, runtime: Runtime, klass: int, request: Request) -> float:
         gate = runtime.gate
-        waited = 0.0 if gate.try_acquire() else await gate.wait(klass)
+        if gate.try_acquire():
+            waited = 0.0
+        else:
+            request.queued = True  # a client that closes now gives up its place (client.py)
+            try:
+                waited = await gate.wait(klass)
+            finally:
+                request.queued = False
         self.metrics.observe_queue_wait(gate.class_names[klass], waited)
         return waited
 

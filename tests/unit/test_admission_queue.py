@@ -7,16 +7,19 @@ from collections.abc import Callable
 
 import pytest
 
-from mcp_proxy.admission.queue import AdmissionQueue, Outcome, Waiter, WaiterState
+from mcp_proxy.admission.queue import OLDEST_EVERY, AdmissionQueue, Outcome, Waiter, WaiterState
 
 CRITICAL, HIGH, NORMAL, LOW = range(4)
 
 
 def make(
-    max_inflight: int = 1, max_queue: int = 8, queue_timeout: float = 4.0
+    max_inflight: int = 1,
+    max_queue: int = 8,
+    queue_timeout: float = 4.0,
+    oldest_every: int = OLDEST_EVERY,
 ) -> AdmissionQueue[str]:
-    """Four classes and a 4 s timeout, so the aging step is 1 s."""
-    return AdmissionQueue(max_inflight, max_queue, queue_timeout, classes=4)
+    """Four classes and a 4 s timeout."""
+    return AdmissionQueue(max_inflight, max_queue, queue_timeout, 4, oldest_every)
 
 
 def saturated(**kwargs: int | float) -> AdmissionQueue[str]:
@@ -125,42 +128,108 @@ def test_mixed_order_interleaves_by_class_then_arrival() -> None:
     assert drain(queue) == ["critical-1", "high-1", "high-2", "low-1", "low-2"]
 
 
-# -- the starvation bound (aging: rank = enqueued_at + class * step, step = 1 s here) -------
+# -- the starvation bound: one hand-off in `oldest_every` goes to the longest waiter ----------
 
 
-def test_aging_lets_an_old_low_waiter_ahead_of_later_critical_traffic() -> None:
+def test_no_aging_a_later_critical_goes_ahead_of_an_old_low_waiter() -> None:
     queue = saturated()
-    queued(queue, "low", LOW, now=0.0)  # rank 3.0
-    queued(queue, "critical-early", CRITICAL, now=2.9)  # rank 2.9: still ahead
-    queued(queue, "critical-late", CRITICAL, now=3.1)  # rank 3.1: arrived > 3 steps later
-    queued(queue, "high-late", HIGH, now=2.2)  # rank 3.2
-    assert drain(queue) == ["critical-early", "low", "critical-late", "high-late"]
-
-
-def test_a_rank_tie_goes_to_the_higher_class() -> None:
-    queue = saturated()
-    queued(queue, "low", LOW, now=0.0)  # rank 3.0
-    queued(queue, "critical", CRITICAL, now=3.0)  # rank 3.0
+    queued(queue, "low", LOW, now=0.0)
+    queued(queue, "critical", CRITICAL, now=3.9)  # the low one is about to time out
     assert drain(queue) == ["critical", "low"]
 
 
-def test_a_low_waiter_is_not_starved_by_a_steady_critical_stream() -> None:
-    # One slot; a critical request arrives every 100 ms and one slot frees every 100 ms, so
-    # under strict priority the low waiter would wait for ever (and time out at 4 s).
+def test_the_longest_waiter_gets_one_hand_off_in_every_n() -> None:
+    # One slot. A critical request arrives with every freed slot, so under strict priority
+    # alone the low waiter would wait until it times out.
     queue = saturated(max_queue=100)
     low = queued(queue, "low", LOW, now=0.0)
-    queued(queue, "c0", CRITICAL, now=0.0)
-    admitted_at = None
-    for tick in range(1, 40):
-        now = tick * 0.1
-        queued(queue, f"c{tick}", CRITICAL, now=now)
-        assert not queue.expire(now)
-        if queue.release() is low:
-            admitted_at = now
+    admitted = []
+    for tick in range(1, 20):
+        queued(queue, f"c{tick}", CRITICAL, now=tick * 0.01)
+        waiter = queue.release()
+        assert waiter is not None
+        admitted.append(waiter.payload)
+        if waiter is low:
             break
-    # Overtaken only by critical requests that arrived within 3 steps (3 s) after it.
-    assert admitted_at is not None
-    assert 3.0 <= admitted_at < 3.5 < low.deadline
+    # Passed over 7 times in a row, then its turn.
+    assert admitted == [*(f"c{t}" for t in range(1, OLDEST_EVERY)), "low"]
+
+
+def test_a_low_class_keeps_its_share_under_a_critical_flood() -> None:
+    queue = saturated(max_queue=100, queue_timeout=1000.0)
+    for i in range(30):
+        queued(queue, f"low{i}", LOW, now=i * 0.001)
+    order = []
+    for tick in range(80):
+        queued(queue, f"c{tick}", CRITICAL, now=1.0 + tick)
+        waiter = queue.release()
+        assert waiter is not None
+        order.append(waiter.payload)
+    lows = [name for name in order if name.startswith("low")]
+    assert len(lows) == 80 // OLDEST_EVERY
+    assert lows == [f"low{i}" for i in range(len(lows))]  # still first come, first served
+
+
+def test_a_critical_trickle_is_never_delayed_behind_a_low_flood() -> None:
+    # Serving the low flood in arrival order serves the longest waiter each time, which
+    # restarts the count: every critical request takes the very next hand-off.
+    queue = saturated(max_queue=1000, oldest_every=2)
+    now = 0.0
+    for i in range(200):
+        now += 0.001
+        queued(queue, f"low{i}", LOW, now)
+        if i % 10 == 0:
+            queued(queue, f"critical{i}", CRITICAL, now)
+            waiter = queue.release()
+            assert waiter is not None
+            assert waiter.payload == f"critical{i}"
+        waiter = queue.release()
+        assert waiter is not None
+        assert waiter.klass == LOW
+
+
+def test_forced_hand_offs_under_mixed_floods() -> None:
+    queue = saturated(max_queue=100, oldest_every=3)
+    for i in range(4):
+        queued(queue, f"low{i}", LOW, now=i * 0.1)
+    for i in range(6):
+        queued(queue, f"normal{i}", NORMAL, now=1.0 + i * 0.1)
+    queued(queue, "critical", CRITICAL, now=2.0)
+    assert drain(queue) == [
+        "critical", "normal0", "low0",  # the third hand-off goes to the longest waiter
+        "normal1", "normal2", "low1",
+        "normal3", "normal4", "low2",
+        "normal5", "low3",  # low3 waited longest and is also next by class: the count restarts
+    ]  # fmt: skip
+
+
+def test_a_tie_in_age_goes_to_the_higher_class_and_passes_no_one_over() -> None:
+    queue = saturated(oldest_every=2)
+    queued(queue, "low", LOW, now=0.0)
+    queued(queue, "high", HIGH, now=0.0)
+    queued(queue, "critical", CRITICAL, now=0.0)
+    assert drain(queue) == ["critical", "high", "low"]
+
+
+def test_the_count_restarts_with_each_busy_period() -> None:
+    queue = saturated(oldest_every=2)
+    queued(queue, "low", LOW, now=0.0)
+    queued(queue, "critical", CRITICAL, now=1.0)
+    admitted = queue.release()  # passes "low" over once
+    assert admitted is not None
+    assert admitted.payload == "critical"
+    assert queue.cancel(queue._lines[LOW][0])  # the line empties: that busy period is over
+    queued(queue, "low-2", LOW, now=2.0)
+    queued(queue, "critical-2", CRITICAL, now=3.0)
+    assert drain(queue) == ["critical-2", "low-2"]  # no forced hand-off carried over
+
+
+def test_oldest_every_one_is_plain_arrival_order() -> None:
+    queue = saturated(oldest_every=1)
+    queued(queue, "low", LOW, now=0.0)
+    queued(queue, "normal", NORMAL, now=1.0)
+    queued(queue, "critical", CRITICAL, now=2.0)
+    assert drain(queue) == ["low", "normal", "critical"]
 
 
 def test_single_class_is_plain_fifo() -> None:
@@ -220,6 +289,8 @@ def test_bad_arguments_are_refused() -> None:
         AdmissionQueue(1, 1, 0.0, 1)
     with pytest.raises(ValueError):
         AdmissionQueue(1, 1, 1.0, 0)
+    with pytest.raises(ValueError):
+        AdmissionQueue(1, 1, 1.0, 1, oldest_every=0)
     with pytest.raises(ValueError):
         make().enqueue(4, 0.0, lambda: "x")
 
@@ -304,11 +375,13 @@ def test_repr_shows_live_counts() -> None:
     assert "class=1 admitted" in repr(queue.release())
 
 
-def test_random_operations_keep_the_invariants() -> None:
+@pytest.mark.parametrize("oldest_every", [1, 2, OLDEST_EVERY])
+def test_random_operations_keep_the_invariants(oldest_every: int) -> None:
     rng = random.Random(5)
-    queue = make(max_inflight=3, max_queue=5)
+    queue = make(max_inflight=3, max_queue=5, oldest_every=oldest_every)
     waiting: list[Waiter[str]] = []
     held = 0
+    passed_over = 0
     now = 0.0
     for step in range(5000):
         now += rng.random() * 0.1
@@ -321,11 +394,19 @@ def test_random_operations_keep_the_invariants() -> None:
                 if decision.outcome is Outcome.ADMITTED:
                     held += 1
                 if decision.waiter is not None:
+                    if not waiting:
+                        passed_over = 0
                     waiting.append(decision.waiter)
         elif op < 0.8 and held:
             held -= 1
-            if queue.release() is not None:
+            oldest = min(waiting, key=lambda w: (w.enqueued_at, w.klass), default=None)
+            first = min(waiting, key=lambda w: (w.klass, w.enqueued_at), default=None)
+            waiter = queue.release()
+            if waiter is not None:
                 held += 1  # the slot passed to a waiter, which now holds it
+                assert waiter in (first, oldest)  # strict priority, or the longest waiter
+                passed_over = 0 if waiter is oldest else passed_over + 1
+                assert passed_over < queue.oldest_every
         elif op < 0.9 and waiting:
             queue.cancel(waiting.pop(rng.randrange(len(waiting))))
         else:
