@@ -30,7 +30,11 @@ from mcp_proxy.errors import ClientError
 if TYPE_CHECKING:
     from mcp_proxy.config.model import Limits
 
+# Pipelined requests parsed ahead of the one being served: at most MAX_PIPELINED, plus what one
+# PARSE_SLICE holds (llhttp parses whole slices); the rest stays unparsed, reading paused.
 MAX_PIPELINED = 8
+PARSE_SLICE = 16 * 1024
+QUEUED_SLICE = 512
 
 
 class ClientDisconnected(Exception):
@@ -111,7 +115,11 @@ class ClientConnection(asyncio.Protocol):
         self.empty_body.finish()
         self.parsing: Request | None = None
         self.in_head = False  # between the first byte of a request and the end of its head
-        self.head_bytes = 0
+        self.head_bytes = 0  # the head's size as llhttp reports it (url and header callbacks)
+        self.raw_head_bytes = 0  # bytes of reads that ended inside the head after its first
+        self.reads = 0
+        self.head_read = 0  # the read in which the current head began
+        self.backlog = b""  # unparsed bytes held back while MAX_PIPELINED requests wait
         self.error: ClientError | None = None
         self.queue: deque[Request] = deque()
         self.task: asyncio.Task[None] | None = None
@@ -140,21 +148,47 @@ class ClientConnection(asyncio.Protocol):
         self._set_deadline(self.limits.idle_timeout, self._idle_expired)
 
     def data_received(self, data: bytes) -> None:
-        try:
-            self._feed(data)
-        except httptools.HttpParserError as exc:
-            error = self.error or ClientError(400, f"malformed request: {_reason(exc)}")
-            self._reject(error)
+        if self.backlog:
+            self.backlog += data  # bytes already in flight when reading paused
             return
+        self.reads += 1
+        self._consume(data)
+
+    def _consume(self, data: bytes) -> None:
+        """Feed llhttp. A large read goes in slices, and parsing stops once MAX_PIPELINED
+        requests wait: llhttp parses everything it is given, so without this a single read
+        of tiny pipelined requests would become thousands of queued Request objects."""
+        offset = 0
+        while offset < len(data):
+            if len(self.queue) >= MAX_PIPELINED:
+                self.backlog = data[offset:]
+                self._pause_reading()  # resumed once _next has fed the backlog
+                return
+            # Small slices once requests queue up, so few are parsed past the bound.
+            size = QUEUED_SLICE if self.queue else PARSE_SLICE
+            piece = data if offset == 0 and len(data) <= size else data[offset : offset + size]
+            offset += len(piece)
+            try:
+                self._feed(piece)
+            except httptools.HttpParserError as exc:
+                self._reject(self.error or ClientError(400, f"malformed request: {_reason(exc)}"))
+                return
         if self.in_head:
-            # llhttp buffers an unfinished header line inside the parser: bound it too.
-            self.head_bytes += len(data)
-            if self.head_bytes > self.limits.max_header_bytes:
+            self._unfinished_head(len(data))
+
+    def _unfinished_head(self, size: int) -> None:
+        """The read ended inside a request head: bound what llhttp holds, arm the deadline."""
+        if self.head_read != self.reads:
+            # The head spans reads, so this whole read belongs to it (llhttp buffers an
+            # unfinished header line inside the parser, beyond what on_header has counted).
+            self.raw_head_bytes += size
+            if self.raw_head_bytes > self.limits.max_header_bytes:
                 self._reject(ClientError(431, "request header fields too large"))
-            elif not self.head_deadline_set and self.current is None:
-                # Only a head that did not arrive whole needs its deadline (slowloris).
-                self.head_deadline_set = True
-                self._set_deadline(self.limits.header_timeout, self._head_expired)
+                return
+        if not self.head_deadline_set and self.current is None:
+            # Only a head that did not arrive whole needs its deadline (slowloris).
+            self.head_deadline_set = True
+            self._set_deadline(self.limits.header_timeout, self._head_expired)
 
     def _feed(self, data: bytes) -> None:
         while True:
@@ -210,6 +244,8 @@ class ClientConnection(asyncio.Protocol):
         self.parsing = Request(self)
         self.in_head = True
         self.head_bytes = 0
+        self.raw_head_bytes = 0
+        self.head_read = self.reads
         self.head_deadline_set = False
         self.deadline = None  # no longer idle
 
@@ -247,8 +283,6 @@ class ClientConnection(asyncio.Protocol):
             self._start(request)
         else:
             self.queue.append(request)
-            if len(self.queue) >= MAX_PIPELINED:
-                self._pause_reading()
 
     def on_body(self, data: bytes) -> None:
         request = self.parsing
@@ -321,9 +355,11 @@ class ClientConnection(asyncio.Protocol):
             self.close()
             return
         if self.queue:
-            if len(self.queue) == MAX_PIPELINED:
-                self._resume_reading()
             self._start(self.queue.popleft())
+            if self.backlog and len(self.queue) < MAX_PIPELINED:
+                backlog, self.backlog = self.backlog, b""
+                self._resume_reading()
+                self._consume(backlog)
         elif self.parsing is not None:
             if self.in_head:
                 self.head_deadline_set = True
