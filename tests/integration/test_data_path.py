@@ -255,3 +255,62 @@ async def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path, backend: B
         assert [r.status for r in responses] == [200] * 5
         await stopping
     await backend.stop()
+
+
+async def test_idle_keep_alive_connections_are_closed_at_the_idle_timeout(
+    tmp_path: Path, backend: Backend
+):
+    proxy = await Proxy.start(tmp_path, simple_config(backend, limits={"idle_timeout": "300ms"}))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        # Nothing more is sent: the proxy closes the connection (EOF) at the idle timeout.
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+    finally:
+        await proxy.stop()
+
+
+async def test_metrics_name_routes_pools_and_codes(proxy: Proxy):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with proxy.client() as http:
+        for path in ("/a", "/b"):
+            async with http.get(path) as r:
+                assert r.status == 200
+    status, text = await proxy.admin("/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    requests = [s for s in families["mcp_proxy_requests"].samples if s.name.endswith("_total")]
+    assert any(
+        s.labels == {"route": "all", "pool": "dc1", "code": "200"} and s.value == 2
+        for s in requests
+    )
+    durations = families["mcp_proxy_request_duration_seconds"].samples
+    assert any(
+        s.name.endswith("_count") and s.labels["route"] == "all" and s.value == 2 for s in durations
+    )
+    for name in ("mcp_proxy_upstream_rtt_seconds", "mcp_proxy_backend_healthy",
+                 "mcp_proxy_inflight_requests", "mcp_proxy_queue_depth", "mcp_proxy_rejected",
+                 "mcp_proxy_config_reloads", "mcp_proxy_config_info", "mcp_proxy_queue_wait_seconds"):  # fmt: skip
+        assert name in families, name
+
+
+async def test_readyz_is_503_when_no_backend_is_healthy(tmp_path: Path, backend: Backend):
+    config = simple_config(backend, health={"interval": "100ms", "unhealthy_threshold": 1})
+    proxy = await Proxy.start(tmp_path, config)
+    try:
+        assert (await proxy.admin("/readyz"))[0] == 200
+        backend.health_status = 503
+
+        async def unready() -> bool:
+            return (await proxy.admin("/readyz"))[0] == 503
+
+        await eventually(unready)
+        assert (await proxy.admin("/healthz"))[0] == 200  # the process still serves
+    finally:
+        await proxy.stop()
