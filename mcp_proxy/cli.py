@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -98,6 +99,11 @@ def serve(loaded: LoadedConfig) -> int:
             print(f"mcp-proxy: cannot start: {exc or type(exc).__name__}", file=sys.stderr)
             await server.stop()
             return 2
+        # Everything built so far lives as long as the process: move it out of the
+        # collector's sight, so a full collection takes ~0 ms instead of ~10 ms (a pause
+        # during a 1 ms request would make that backend look slow for seconds).
+        gc.collect()
+        gc.freeze()
         server.install_signal_handlers()
         assert server.reloader is not None
         server.reloader.watch()

@@ -2,16 +2,45 @@
 
 A Backend outlives config reloads when the new config still has it (same pool, same URL): the
 reload carries the object over, so health, RTT figure and pooled connections survive.
+
+Two health signals meet here (decisions in `health.py`):
+
+- Active probes (`record_probe`): rise/fall hysteresis. When the probes see a backend come back
+  (unhealthy -> healthy), an outlier ejection still running is ended too, as Envoy does by
+  default (`successful_active_health_check_uneject_host`): the failures that ejected it were
+  most likely the outage the probes just saw end. Only a *recovery* does that; a backend whose
+  probes never failed stays ejected for its time, since its health path may pass while real
+  requests fail.
+- Real traffic (`record`): consecutive failures eject it for `ejection_time` (longer on
+  repeats), within `max_ejected_percent` of every route it serves, and never when it is the
+  last backend of one of those routes that is still available: with the others down by active
+  checks, ejecting it would turn a degraded route into a dead one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from mcp_proxy.config.model import BackendConfig, Config, PoolConfig
 from mcp_proxy.upstream.health import Hysteresis, OutlierState, may_eject
 from mcp_proxy.upstream.pool import ConnectionPool
 from mcp_proxy.upstream.rtt import PeakEwma
+
+log = logging.getLogger("mcp_proxy.health")
+
+
+class Outlier(OutlierState):
+    """`OutlierState` that an active-health recovery can end early."""
+
+    __slots__ = ()
+
+    def reinstate(self, now: float) -> bool:
+        """End a running ejection at `now` (its repeat count stays); True if one was running."""
+        if not self.is_ejected(now):
+            return False
+        self._ejected_until = now
+        return True
 
 
 class Backend:
@@ -51,7 +80,7 @@ class Backend:
         self.inflight = 0
         self.served = 0  # responses received from it (the health checker reads this)
         self.health = Hysteresis(config.health.healthy_threshold, config.health.unhealthy_threshold)
-        self.outlier = OutlierState(config.health.outlier)
+        self.outlier = Outlier(config.health.outlier)
         # Every route candidate list this backend is in: the ejection cap is per route.
         self.groups: list[tuple[Backend, ...]] = []
         upstream = config.upstream
@@ -79,22 +108,47 @@ class Backend:
         self.weight = backend.weight
         self.cost_factor = 1.0 + config.balancer.cost_weight * pool.cost
         self.groups = []
+        health = config.health
+        self.health.set_thresholds(health.healthy_threshold, health.unhealthy_threshold)
+        self.outlier.configure(health.outlier)
+        self.rtt.set_decay(config.balancer.decay)
+        upstream, connections = config.upstream, self.connections
+        connections.connect_timeout = upstream.connect_timeout
+        connections.idle_timeout = upstream.idle_timeout
+        connections.max_idle = upstream.max_idle_per_backend
 
     def record(self, ok: bool, now: float, max_ejected_percent: int) -> bool:
         """A passive signal from real traffic; returns True when it ejected the backend."""
         if not self.outlier.record(ok, now):
             return False
-        if all(_may_eject(group, now, max_ejected_percent) for group in self.groups):
-            self.outlier.eject(now)
+        if all(self._may_eject_from(group, now, max_ejected_percent) for group in self.groups):
+            duration = self.outlier.eject(now)
+            log.warning(
+                "backend %s (pool %s) ejected for %gs after consecutive failures",
+                self.url, self.pool, duration,
+            )  # fmt: skip
             return True
         return False
+
+    def record_probe(self, ok: bool, now: float) -> bool:
+        """An active probe result; returns True when it flipped the backend's health."""
+        if not self.health.record(ok):
+            return False
+        if self.health.healthy and self.outlier.reinstate(now):
+            log.info("backend %s (pool %s) back: ejection ended by recovery", self.url, self.pool)
+        return True
+
+    def _may_eject_from(
+        self, group: tuple[Backend, ...], now: float, max_ejected_percent: int
+    ) -> bool:
+        """Within the route's cap, and someone else in the route is still available?"""
+        others_available = any(other is not self and other.available(now) for other in group)
+        return others_available and may_eject(
+            [backend.outlier for backend in group], now, max_ejected_percent
+        )
 
     def __repr__(self) -> str:
         return (
             f"<Backend {self.pool} {self.url} healthy={self.health.healthy} "
-            f"inflight={self.inflight} rtt={self.rtt!r} {self.connections!r}>"
+            f"inflight={self.inflight} rtt={self.rtt!r} {self.outlier!r} {self.connections!r}>"
         )
-
-
-def _may_eject(group: tuple[Backend, ...], now: float, max_ejected_percent: int) -> bool:
-    return may_eject([backend.outlier for backend in group], now, max_ejected_percent)

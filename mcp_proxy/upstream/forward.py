@@ -99,6 +99,9 @@ async def proxy(
         backend = route.policy.pick(route.candidates, monotonic(), rng, tried)
         if backend is None:
             raise last_error or NoHealthyBackend()
+        if last_error is not None:  # count a retry only once it has somewhere to go
+            budget.record_retry(monotonic())
+            runtime.count_retry()
         outcome.backend = backend
         outcome.attempts += 1
         try:
@@ -108,7 +111,6 @@ async def proxy(
             now = monotonic()
             if not _may_retry(error, request, route, outcome.attempts) or not budget.can_retry(now):
                 raise
-            budget.record_retry(now)
             tried.append(backend)
             last_error = error
 

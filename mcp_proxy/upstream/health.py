@@ -71,6 +71,13 @@ class Hysteresis:
         self._streak = 0
         return True
 
+    def set_thresholds(self, healthy_threshold: int, unhealthy_threshold: int) -> None:
+        """A reload changed the thresholds: the state and the streak so far stay."""
+        if healthy_threshold < 1 or unhealthy_threshold < 1:
+            raise ValueError("thresholds must be >= 1")
+        self._healthy_threshold = healthy_threshold
+        self._unhealthy_threshold = unhealthy_threshold
+
     def _needed(self) -> int:
         return self._unhealthy_threshold if self.healthy else self._healthy_threshold
 
@@ -89,6 +96,10 @@ class OutlierState:
         self._failures = 0  # consecutive failed requests
         self._repeats = 0  # ejections so far, stepped down after quiet periods
         self._ejected_until = -math.inf
+
+    def configure(self, config: OutlierConfig) -> None:
+        """A reload changed the outlier settings: the failures and ejections so far stay."""
+        self._config = config
 
     @property
     def ejected_until(self) -> float:

@@ -1,10 +1,24 @@
 """Active health checks: one probe loop per backend, HTTP GET `health.path` every `interval`.
 
-The decisions live in `health.Hysteresis` (rise/fall thresholds); this module only sends the
-probes. Each loop starts after a random fraction of the interval and adds up to 10% jitter to
-every wait, so probes to a pool do not arrive in lockstep. A probe that succeeds also feeds the
-backend's RTT estimate when no real request completed since the previous probe: an idle pool
-keeps a current figure, while a busy backend's figure stays made of real requests.
+The decisions live in `health.Hysteresis` (rise/fall thresholds, via `Backend.record_probe`);
+this module only sends the probes. Each loop starts after a random fraction of the interval and
+then keeps a steady cadence of `interval` less up to 10% jitter (a slow probe does not push the
+next one back), so probes to a pool do not arrive in lockstep, and a backend that dies is shown
+down within `interval` x `unhealthy_threshold` (plus the failing probes' own time: nothing for
+a refused connect, up to `timeout` each for one that hangs).
+
+Probes go over the proxy's own upstream connection code (`pool.ConnectionPool`, llhttp), to
+the same resolved addresses as real requests and with the same TLS name, on a keep-alive
+connection of their own per backend: the data path's pool is left alone, and a probe costs a
+TCP handshake only when its connection was lost. A probe passes on a 2xx or 3xx head within
+`timeout`. One that fails on a reused connection (the backend closed it while it sat idle) is
+sent once more on a fresh one, so a keep-alive race is not counted as a failure.
+
+RTT: a probe's sample is taken as the data path takes its own, from writing the request to the
+response head, so the two are comparable. It feeds the backend's estimate only when no real
+request completed since the previous probe and none is in flight: an idle pool keeps a current
+figure, while a busy backend's figure stays made of real requests. A backend not measured yet
+takes the probe's figure in any case: any evidence beats the default RTT.
 """
 
 from __future__ import annotations
@@ -14,13 +28,16 @@ import logging
 import random
 import time
 from collections.abc import Iterable
-
-import aiohttp
+from urllib.parse import urlsplit
 
 from mcp_proxy.config.model import HealthConfig
+from mcp_proxy.errors import ProxyError
 from mcp_proxy.upstream.backend import Backend
+from mcp_proxy.upstream.pool import ConnectionPool, UpstreamConnection
 
 log = logging.getLogger("mcp_proxy.health")
+
+MAX_PROBE_BODY = 64 * 1024  # a longer health answer is not read: its connection is dropped
 
 
 class HealthChecker:
@@ -28,10 +45,17 @@ class HealthChecker:
         self.config = config
         self.rng = rng or random.Random()
         self.tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self.session: aiohttp.ClientSession | None = None
+        self.pools: dict[tuple[str, str], ConnectionPool] = {}
+        self.requests: dict[tuple[str, str], bytes] = {}
+        self.served_at_last_probe: dict[tuple[str, str], int] = {}
+        self.probes = 0
+        self.failures = 0
 
     def __repr__(self) -> str:
-        return f"<HealthChecker probing={len(self.tasks)} path={self.config.path}>"
+        return (
+            f"<HealthChecker probing={len(self.tasks)} path={self.config.path} "
+            f"probes={self.probes} failed={self.failures}>"
+        )
 
     def start(self, backends: Iterable[Backend]) -> None:
         for backend in backends:
@@ -46,46 +70,97 @@ class HealthChecker:
         self.stop()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         self.tasks.clear()
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        for pool in self.pools.values():
+            pool.close()
+        self.pools.clear()
 
     async def _loop(self, backend: Backend) -> None:
         interval = self.config.interval
-        await asyncio.sleep(self.rng.uniform(0, interval))  # spread the first probes
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.rng.uniform(0, interval)  # spread the first probes
         while True:
+            await asyncio.sleep(max(0.0, due - loop.time()))
             await self.probe(backend)
-            await asyncio.sleep(interval * self.rng.uniform(1.0, 1.1))
+            due = max(due + interval * self.rng.uniform(0.9, 1.0), loop.time())
 
     async def probe(self, backend: Backend) -> bool:
         """One probe; updates the backend's health (and idle RTT). Returns whether it passed."""
-        served_before = backend.served
-        started = time.monotonic()
-        ok = await self._get(backend)
+        self.probes += 1
+        served = self.served_at_last_probe.get(backend.key, 0)
+        self.served_at_last_probe[backend.key] = backend.served
+        rtt = await self._get(backend)
         now = time.monotonic()
-        if ok and backend.served == served_before and backend.inflight == 0:
-            backend.rtt.observe(now - started, now)
-        was_healthy = backend.health.healthy
-        if backend.health.record(ok):
+        ok = rtt is not None
+        idle = backend.served == served and backend.inflight == 0
+        if rtt is not None and (idle or not backend.rtt.has_sample):
+            backend.rtt.observe(rtt, now)
+        if not ok:
+            self.failures += 1
+        if backend.record_probe(ok, now):
             state = "healthy" if backend.health.healthy else "unhealthy"
             log.warning("backend %s (pool %s) is now %s", backend.url, backend.pool, state)
-        elif not ok and was_healthy:
-            log.debug("probe of %s failed", backend.url)
         return ok
 
-    def _session(self) -> aiohttp.ClientSession:
-        if self.session is None:
-            self.session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, force_close=True),
-                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
-                auto_decompress=False,
-            )
-        return self.session
-
-    async def _get(self, backend: Backend) -> bool:
-        url = backend.url + self.config.path
+    async def _get(self, backend: Backend) -> float | None:
+        """The probe's RTT in seconds if it passed, else None."""
+        pool = self._pool(backend)
+        pool.addresses = backend.connections.addresses  # DNS refresh replaces the data pool's
+        request = self.requests[backend.key]
         try:
-            async with self._session().get(url, allow_redirects=False) as response:
-                return 200 <= response.status < 400  # the body is not read: status is the answer
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            return False
+            async with asyncio.timeout(self.config.timeout):
+                conn, reused = await pool.acquire()
+                try:
+                    return await _exchange(conn, request)
+                except ProxyError:
+                    if not reused:
+                        raise
+                # The backend closed an idle connection as we used it: once more on a fresh one
+                # (the pool keeps one idle connection, which was this one).
+                conn, _ = await pool.acquire()
+                return await _exchange(conn, request)
+        except (ProxyError, TimeoutError, OSError):
+            return None
+
+    def _pool(self, backend: Backend) -> ConnectionPool:
+        pool = self.pools.get(backend.key)
+        if pool is None:
+            data = backend.connections
+            pool = ConnectionPool(
+                data.label,
+                data.host,
+                data.port,
+                tls=data.ssl is not None,
+                connect_timeout=min(data.connect_timeout, self.config.timeout),
+                idle_timeout=data.idle_timeout,
+                max_idle=1,
+                loop=data.loop,
+            )
+            self.pools[backend.key] = pool
+            self.requests[backend.key] = _probe_request(backend.url, self.config.path)
+        return pool
+
+
+async def _exchange(conn: UpstreamConnection, request: bytes) -> float | None:
+    """Send the probe on `conn`; its RTT when the answer is 2xx/3xx, else None. Raises
+    ProxyError when the connection fails. The connection goes back to its pool if reusable."""
+    try:
+        head, body = conn.begin(head_only=False)
+        sent_at = time.monotonic()
+        conn.write(request)
+        response = await head
+        rtt = time.monotonic() - sent_at
+        received = 0
+        while received <= MAX_PROBE_BODY and (data := await body.read()):
+            received += len(data)
+        return rtt if 200 <= response.status < 400 else None
+    finally:
+        conn.end_exchange()
+
+
+def _probe_request(url: str, path: str) -> bytes:
+    """The probe's request bytes, built once per backend."""
+    host = urlsplit(url).netloc.rpartition("@")[2]
+    return (
+        f"GET {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: mcp-proxy-health\r\n"
+        "accept: */*\r\n\r\n"
+    ).encode("latin-1")

@@ -50,6 +50,12 @@ class PeakEwma:
         self._stamp = -math.inf
         self._has_sample = False
 
+    def set_decay(self, decay: float) -> None:
+        """A reload changed `balancer.decay`: the estimate so far stays."""
+        if decay <= 0:
+            raise ValueError("decay must be > 0")
+        self._decay = decay
+
     @property
     def has_sample(self) -> bool:
         """False while the estimate is still `default_rtt`."""

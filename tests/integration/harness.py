@@ -174,7 +174,7 @@ class Proxy:
         await self.server.stop()
 
 
-def simple_config(*backends: Backend, **extra: Any) -> dict[str, Any]:
+def simple_config(*backends: Any, **extra: Any) -> dict[str, Any]:
     """One pool per backend (kind on-prem), one route `/` over all of them, no auth."""
     pools = {b.name: {"kind": "on-prem", "backends": [{"url": b.url}]} for b in backends}
     config: dict[str, Any] = {

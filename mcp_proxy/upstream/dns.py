@@ -1,0 +1,280 @@
+"""Backend host names: resolved with aiodns before serving, then kept fresh in the background.
+
+Theory of operation. Every distinct host name among a runtime's backends has one `NameState`
+(pure: its last good addresses and when to look again) and one refresh task. A connection pool
+connects to `ConnectionPool.addresses`; its `host` stays the name (TLS SNI, Host). A lookup that
+answers replaces the addresses of every pool with that name; one that fails (no answer, timeout,
+NXDOMAIN) changes nothing, so a DNS outage never takes a working backend away. IP literals are
+never looked up.
+
+When to look again: after the record's TTL, but at least every `upstream.dns_refresh` and at
+most once a second (a TTL of 0, as /etc/hosts answers carry, means "unknown": `dns_refresh`).
+Each wait is shortened by up to 10% at random, so names looked up together do not stay in step
+and a record is refreshed before it expires. A failed lookup is retried after 1 s, 2 s, 4 s ...
+up to `dns_refresh`.
+
+Which addresses: the IPv4 ones when the name has any, else the IPv6 ones. c-ares answers
+`localhost` with ::1 as well as 127.0.0.1, and a backend listening on 127.0.0.1 only would
+refuse every other connection if both were used; a dual-stack name works on IPv4 alike.
+
+Until a name's first answer its pools connect to the name itself (the event loop's resolver);
+start-up waits for the first lookups, bounded by `START_TIMEOUT`, so that is only a fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiodns
+import aiodns.error
+
+from mcp_proxy.upstream.pool import ConnectionPool
+
+log = logging.getLogger("mcp_proxy.dns")
+
+MIN_REFRESH = 1.0  # a shorter TTL is not honoured: at most one lookup per name per second
+FIRST_RETRY = 1.0  # after a failed lookup; doubles on each failure in a row, up to dns_refresh
+START_TIMEOUT = 5.0  # start-up waits this long at most for the first answers
+LOOKUP_TIMEOUT = 5.0  # an asyncio bound around one lookup (c-ares: 2 s per try, 2 tries)
+
+
+class DnsFailure(Exception):
+    """A lookup gave no usable address."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    addresses: tuple[str, ...]
+    ttl: float | None  # seconds; None when the source gives none (/etc/hosts says 0)
+
+
+class Resolver(Protocol):
+    """What the refresher needs from DNS; tests pass a fake through the constructor."""
+
+    async def resolve(self, name: str) -> Answer:
+        """The name's addresses, or DnsFailure."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def choose_addresses(nodes: Iterable[tuple[int, str, int]]) -> Answer:
+    """From (family, address, ttl) records: the IPv4 addresses if any, else the IPv6 ones.
+
+    Order is kept (a DNS server's rotation spreads connections), duplicates dropped; the TTL is
+    the smallest among the chosen records, None when they carry none.
+    """
+    v4: dict[str, int] = {}
+    v6: dict[str, int] = {}
+    for family, address, ttl in nodes:
+        chosen = v4 if family == socket.AF_INET else v6 if family == socket.AF_INET6 else None
+        if chosen is not None:
+            chosen.setdefault(address, ttl)
+    records = v4 or v6
+    if not records:
+        raise DnsFailure("no address in the answer")
+    ttls = [ttl for ttl in records.values() if ttl > 0]
+    return Answer(tuple(records), float(min(ttls)) if ttls else None)
+
+
+def refresh_after(ttl: float | None, refresh: float) -> float:
+    """Seconds until the next lookup after an answer with this TTL."""
+    if ttl is None or ttl <= 0:
+        return refresh
+    return min(max(ttl, MIN_REFRESH), refresh)
+
+
+class NameState:
+    """One host name: its last good addresses and when to look it up again (pure)."""
+
+    __slots__ = ("addresses", "failures", "lookups", "name", "next_at", "refresh")
+
+    def __init__(self, name: str, refresh: float, addresses: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.refresh = refresh
+        self.addresses = addresses  # empty until the first answer
+        self.failures = 0  # failed lookups in a row
+        self.lookups = 0
+        self.next_at = 0.0  # due at once
+
+    def on_answer(self, answer: Answer, now: float, rng: random.Random) -> bool:
+        """Take an answer; True when the set of addresses changed."""
+        self.lookups += 1
+        changed = set(answer.addresses) != set(self.addresses)
+        self.addresses = answer.addresses
+        self.failures = 0
+        self.next_at = now + _jitter(refresh_after(answer.ttl, self.refresh), rng)
+        return changed
+
+    def on_failure(self, now: float, rng: random.Random) -> None:
+        """A failed lookup: keep the addresses, try again sooner than a normal refresh."""
+        self.lookups += 1
+        self.failures += 1
+        backoff = FIRST_RETRY * 2 ** min(self.failures - 1, 16)
+        self.next_at = now + _jitter(min(backoff, self.refresh), rng)
+
+    def __repr__(self) -> str:
+        return (
+            f"NameState({self.name} -> {list(self.addresses)}, lookups={self.lookups}, "
+            f"failures={self.failures})"
+        )
+
+
+def _jitter(delay: float, rng: random.Random) -> float:
+    return delay * rng.uniform(0.9, 1.0)
+
+
+class AresResolver:
+    """aiodns (c-ares) lookups; the channel is opened on the first lookup."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._resolver: aiodns.DNSResolver | None = None
+
+    def __repr__(self) -> str:
+        return f"<AresResolver open={self._resolver is not None}>"
+
+    async def resolve(self, name: str) -> Answer:
+        if self._resolver is None:
+            self._resolver = aiodns.DNSResolver(loop=self._loop, timeout=2.0, tries=2)
+        try:
+            result: Any = await self._resolver.getaddrinfo(
+                name, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM
+            )
+        except aiodns.error.DNSError as exc:
+            raise DnsFailure(_dns_error_text(exc)) from None
+        return choose_addresses(
+            (node.family, _text(node.addr[0]), node.ttl) for node in result.nodes
+        )
+
+    async def close(self) -> None:
+        if self._resolver is not None:
+            await self._resolver.close()
+            self._resolver = None
+
+
+def _text(address: bytes | str) -> str:
+    return address.decode() if isinstance(address, bytes) else address
+
+
+def _dns_error_text(exc: aiodns.error.DNSError) -> str:
+    args = exc.args
+    return str(args[1]) if len(args) > 1 else str(exc)
+
+
+class DnsRefresher:
+    """Resolves the host names of a set of connection pools and keeps their addresses fresh.
+
+    `resolve_all()` once before serving, `start()` the refresh tasks, `stop()`/`close()`.
+    """
+
+    def __init__(
+        self,
+        pools: Iterable[ConnectionPool],
+        refresh: float,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        resolver: Resolver | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pools: dict[str, list[ConnectionPool]] = {}
+        for pool in pools:
+            if not is_ip_literal(pool.host):
+                self.pools.setdefault(pool.host, []).append(pool)
+        # A pool carried over from the previous runtime already holds good addresses.
+        self.names = {
+            name: NameState(name, refresh, _known_addresses(pools[0]))
+            for name, pools in self.pools.items()
+        }
+        self._resolver = resolver
+        self._loop = loop
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def __repr__(self) -> str:
+        failing = sum(1 for state in self.names.values() if state.failures)
+        return f"<DnsRefresher names={len(self.names)} failing={failing} tasks={len(self._tasks)}>"
+
+    async def resolve_all(self, timeout: float = START_TIMEOUT) -> None:
+        """Look every name up once, in parallel; a name still unanswered after `timeout` keeps
+        what it had and is retried by its refresh task."""
+        if not self.names:
+            return
+        lookups = [asyncio.ensure_future(self.lookup(name)) for name in self.names]
+        _, pending = await asyncio.wait(lookups, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        missing = [state.name for state in self.names.values() if not state.addresses]
+        if missing:
+            log.warning("no address yet for %s; connecting by name until DNS answers", missing)
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._refresh(name)) for name in self.names]
+
+    def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    async def close(self) -> None:
+        self.stop()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._resolver is not None:
+            await self._resolver.close()
+
+    async def lookup(self, name: str) -> None:
+        """One lookup of `name`; on success its pools get the new addresses."""
+        state = self.names[name]
+        try:
+            async with asyncio.timeout(LOOKUP_TIMEOUT):
+                answer = await self._resolve(name)
+        except (DnsFailure, TimeoutError, OSError) as exc:
+            state.on_failure(self._clock(), self._rng)
+            kept = list(state.addresses) or "the name itself"
+            reason = str(exc) or type(exc).__name__
+            log.warning("DNS lookup of %s failed (%s); still using %s", name, reason, kept)
+            return
+        if state.on_answer(answer, self._clock(), self._rng):
+            log.info("%s resolves to %s", name, list(answer.addresses))
+        addresses = list(answer.addresses)
+        for pool in self.pools[name]:
+            if pool.addresses != addresses:
+                pool.addresses = addresses
+
+    async def _resolve(self, name: str) -> Answer:
+        if self._resolver is None:
+            self._resolver = AresResolver(self._loop)
+        return await self._resolver.resolve(name)
+
+    async def _refresh(self, name: str) -> None:
+        state = self.names[name]
+        while True:
+            await asyncio.sleep(max(0.0, state.next_at - self._clock()))
+            await self.lookup(name)
+
+
+def _known_addresses(pool: ConnectionPool) -> tuple[str, ...]:
+    """The pool's addresses if a lookup already set them (not the name it starts with)."""
+    if pool.addresses == [pool.host]:
+        return ()
+    return tuple(pool.addresses)
