@@ -8,11 +8,14 @@ How this works (one request):
     routing.py    Router: first match wins (path prefix, methods, host, headers)
     auth/         JWT verification (pyjwt) with a verified-token cache; key sets (file/URL/env)
     admission/    priority queue (pure) and its asyncio gate
-    upstream/     balancer (peak-EWMA lowest RTT), health (hysteresis, outlier ejection),
-                  pool (keep-alive connections, llhttp response parser), forward (headers,
-                  streaming both ways, timeouts, retries)
+    upstream/     rtt (peak-EWMA), balancer (lowest_rtt, round_robin, least_request), health
+                  (hysteresis, outlier ejection), health_check (probe loops), dns (aiodns
+                  refresh), pool (keep-alive connections, llhttp response parser), backend
+                  (one backend's live state), retry (budget), forward (headers, streaming
+                  both ways, timeouts, retries)
     reload.py     validate, build, warm, swap one reference
     server.py     listeners, start-up and graceful shutdown;  admin.py  the admin endpoints
+    metrics.py    every Prometheus collector;  demo.py  `mcp-proxy demo`;  cli.py  commands
     config/       model (frozen, typed), load (YAML with line numbers), check (cross-references)
 
 Decisions live in pure, synchronous objects (router, balancer, health state, admission queue,
