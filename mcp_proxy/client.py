@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from time import monotonic
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
@@ -93,17 +93,19 @@ class Request:
         return f"<Request {self.method} {self.target!r} id={self.request_id!r}>"
 
 
-Handler = Callable[[Request], Coroutine[Any, Any, None]]
+# The pipeline's entry: it serves the request and calls `conn.finished(request)` when done.
+# It returns the task serving it, or None when it serves it from callbacks (the fast lane).
+Dispatch = Callable[[Request], "asyncio.Task[None] | None"]
 
 
 class ClientConnection(asyncio.Protocol):
     """See the module docstring. `write`/`drain` are the response side used by the pipeline."""
 
     def __init__(
-        self, handler: Handler, limits: Limits, on_close: Callable[[ClientConnection], None]
+        self, dispatch: Dispatch, limits: Limits, on_close: Callable[[ClientConnection], None]
     ) -> None:
         self.loop = asyncio.get_running_loop()
-        self.handler = handler
+        self.dispatch = dispatch
         self.limits = limits
         self.on_close = on_close
         self.transport: asyncio.Transport | None = None
@@ -338,12 +340,11 @@ class ClientConnection(asyncio.Protocol):
     # -- serving ------------------------------------------------------------------------------
     def _start(self, request: Request) -> None:
         self.current = request
-        self.task = self.loop.create_task(self._serve(request))
+        self.task = self.dispatch(request)
 
-    async def _serve(self, request: Request) -> None:
-        try:
-            await self.handler(request)
-        finally:
+    def finished(self, request: Request) -> None:
+        """The pipeline is done with `request`: its response is complete (or abandoned)."""
+        if self.current is request:
             self.current = None
             self.task = None
         self._next(request)

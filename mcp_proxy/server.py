@@ -70,7 +70,7 @@ class ProxyServer:
         host, port = runtime.config.listen
 
         def connection() -> ClientConnection:
-            conn = ClientConnection(pipeline.handle, ref.current.config.limits, self._forget)
+            conn = ClientConnection(pipeline.dispatch, ref.current.config.limits, self._forget)
             self.connections.add(conn)
             return conn
 

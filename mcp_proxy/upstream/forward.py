@@ -89,12 +89,24 @@ async def proxy(
     request_id: bytes,
     outcome: Outcome,
     rng: random.Random,
+    failed: tuple[Backend, ProxyError] | None = None,
 ) -> None:
-    """Pick a backend, exchange, and retry elsewhere when that is safe; see the module notes."""
+    """Pick a backend, exchange, and retry elsewhere when that is safe; see the module notes.
+
+    `failed` continues a request whose first attempt (made by the fast lane) failed.
+    """
     tried: list[Backend] = []
     budget = runtime.retry_budget
-    budget.record_request(monotonic())
     last_error: ProxyError | None = None
+    if failed is None:
+        budget.record_request(monotonic())
+    else:
+        failed_backend, last_error = failed
+        if not _may_retry(last_error, request, route, outcome.attempts) or not budget.can_retry(
+            monotonic()
+        ):
+            raise last_error
+        tried.append(failed_backend)
     while True:
         backend = route.policy.pick(route.candidates, monotonic(), rng, tried)
         if backend is None:
@@ -143,19 +155,40 @@ async def exchange(
             head_future, body = conn.begin(head_only=request.method == "HEAD")
             sent_at = monotonic()
             response = await _send(conn, head_future, route, request, head, loop)
-            now = monotonic()
-            backend.rtt.observe(now - sent_at, now)  # the sample: time to the response head
-            backend.served += 1
-            if response.status in _RETRY_STATUSES and _may_retry_status(request, route, outcome):
-                raise UpstreamError(f"backend answered {response.status}", before_send=False)
+            observe_head(backend, response, sent_at, request, route, outcome)
             ok = response.status < 500
-            outcome.status = response.status
-            await _relay(conn, body, response, request, request_id, route.timeout)
+            complete, chunked = relay_start(body, response, request, request_id)
+            if not complete:
+                await relay_rest(conn, body, request, chunked, route.timeout)
         finally:
             conn.end_exchange()
     finally:
         backend.inflight -= 1
         backend.record(ok, monotonic(), runtime.max_ejected_percent)
+
+
+def observe_head(
+    backend: Backend,
+    response: ResponseHead,
+    sent_at: float,
+    request: Request,
+    route: Route,
+    outcome: Outcome,
+) -> None:
+    """Learn from a response head; raise when a 502/503 answer should be retried elsewhere."""
+    now = monotonic()
+    backend.rtt.observe(now - sent_at, now)  # the sample: time to the response head
+    backend.served += 1
+    if response.status in _RETRY_STATUSES and _may_retry_status(request, route, outcome):
+        raise UpstreamError(f"backend answered {response.status}", before_send=False)
+    outcome.status = response.status
+
+
+def end_attempt(runtime: Runtime, backend: Backend, conn: UpstreamConnection, ok: bool) -> None:
+    """The attempt is over: the connection goes back (if clean), passive health learns."""
+    conn.end_exchange()
+    backend.inflight -= 1
+    backend.record(ok, monotonic(), runtime.max_ejected_percent)
 
 
 def _may_retry_status(request: Request, route: Route, outcome: Outcome) -> bool:
@@ -178,7 +211,7 @@ async def _send(
     loop: asyncio.AbstractEventLoop,
 ) -> ResponseHead:
     """Write the request; return the response head, or raise within the route's timeout."""
-    timer = loop.call_later(route.timeout, _expire, head_future, route.timeout)
+    timer = loop.call_later(route.timeout, expire, head_future, route.timeout)
     try:
         if request.body is request.conn.empty_body:
             conn.write(head)
@@ -206,7 +239,7 @@ async def _send(
         timer.cancel()
 
 
-def _expire(head_future: asyncio.Future[ResponseHead], timeout: float) -> None:
+def expire(head_future: asyncio.Future[ResponseHead], timeout: float) -> None:
     if not head_future.done():
         head_future.set_exception(UpstreamTimeout(f"backend did not answer within {timeout:g}s"))
 
@@ -224,36 +257,39 @@ async def _upload(conn: UpstreamConnection, request: Request) -> None:
         raise
 
 
-async def _relay(
-    conn: UpstreamConnection,
-    body: Body,
-    response: ResponseHead,
-    request: Request,
-    request_id: bytes,
-    timeout: float,
-) -> None:
-    """Stream the response to the client, framed by us."""
+def relay_start(
+    body: Body, response: ResponseHead, request: Request, request_id: bytes
+) -> tuple[bool, bool]:
+    """Write the response head and whatever of the body has arrived, in one send.
+
+    Returns whether the response is complete, and whether its body goes chunked.
+    """
     client = request.conn
     framing, has_body, chunked = _framing(response, request)
     head = response_head(response, request, request_id, framing)
     request.response_started = True
     if not has_body:
         client.write(head)
-        return
-    # Usually the whole response came in one read: send head, body and end in one syscall.
+        return True, chunked
     data = body.read_nowait()
     if data is None:
         client.write(head)
-    else:
-        ended = body.finished  # `data` is all of it
-        parts = [head]
-        if data:
-            parts.append(wire.chunk(data) if chunked else data)
-        if ended and chunked:
-            parts.append(wire.LAST_CHUNK)
-        client.writelines(parts)
-        if ended:
-            return
+        return False, chunked
+    complete = body.finished  # `data` is all of it
+    parts = [head]
+    if data:
+        parts.append(wire.chunk(data) if chunked else data)
+    if complete and chunked:
+        parts.append(wire.LAST_CHUNK)
+    client.writelines(parts)
+    return complete, chunked
+
+
+async def relay_rest(
+    conn: UpstreamConnection, body: Body, request: Request, chunked: bool, timeout: float
+) -> None:
+    """Stream the rest of the body; a backend silent for `timeout` aborts the response."""
+    client = request.conn
     while True:
         try:
             data = body.read_nowait()

@@ -264,14 +264,20 @@ class ConnectionPool:
 
     async def acquire(self) -> tuple[UpstreamConnection, bool]:
         """A connection ready for one exchange, and whether it was reused from the pool."""
-        now = time.monotonic()
+        conn = self.take_idle(time.monotonic())
+        if conn is not None:
+            return conn, True
+        return await self._connect(), False
+
+    def take_idle(self, now: float) -> UpstreamConnection | None:
+        """The most recently used idle connection still fit for use, if any (no waiting)."""
         idle = self.idle
         while idle:
             conn = idle.pop()
             if not conn.closed and now - conn.idle_since < self.idle_timeout:
-                return conn, True
+                return conn
             conn.abort()
-        return await self._connect(), False
+        return None
 
     async def _connect(self) -> UpstreamConnection:
         address = self.addresses[self._next_address % len(self.addresses)]
