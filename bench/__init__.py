@@ -1,0 +1,1 @@
+"""mcp-proxy's benchmark harness: `python -m bench run SCENARIO` (see bench/README.md)."""
