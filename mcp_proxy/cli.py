@@ -50,12 +50,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check(path: str) -> int:
+def _load_or_report(path: str) -> LoadedConfig | None:
+    """The config at `path`, or None after printing every problem, one line each."""
     try:
-        loaded = load(path)
+        return load(path)
     except ConfigError as error:
         for problem in error.problems:
             print(f"{path}: {problem}", file=sys.stderr)
+        return None
+
+
+def check(path: str) -> int:
+    loaded = _load_or_report(path)
+    if loaded is None:
         return 2
     config = loaded.config
     backends = sum(len(pool.backends) for pool in config.pools.values())
@@ -67,11 +74,8 @@ def check(path: str) -> int:
 
 
 def run(path: str, log_level: str = "info") -> int:
-    try:
-        loaded = load(path)
-    except ConfigError as error:
-        for problem in error.problems:
-            print(f"{path}: {problem}", file=sys.stderr)
+    loaded = _load_or_report(path)
+    if loaded is None:
         return 2
     setup_logging(log_level, access_log=loaded.config.access_log)
     return serve(loaded)
