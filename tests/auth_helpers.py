@@ -149,7 +149,7 @@ async def poll_until(condition: Callable[[], bool], within: float = 5.0) -> None
     for _ in range(int(within / step)):
         if condition():
             return
-        await asyncio.sleep(step)
+        await asyncio.sleep(step)  # sleep-ok: a bounded poll, the pause between checks
     raise AssertionError(f"condition not reached within {within} s")
 
 

@@ -200,7 +200,7 @@ async def eventually(
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
+        await asyncio.sleep(interval)  # sleep-ok: a bounded poll, the pause between checks
 
 
 async def raw_request(port: int, data: bytes, read_timeout: float = 5.0) -> bytes:

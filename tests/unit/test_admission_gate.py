@@ -92,7 +92,7 @@ async def until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
     deadline = time.monotonic() + limit
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # sleep-ok: a bounded poll, one loop turn per check
 
 
 async def rejection(task: asyncio.Task[float]) -> Rejected:
