@@ -11,9 +11,9 @@ from bench.scenarios.common import (
     Context,
     JwtSetup,
     closed_table,
-    full_path_config,
     latency_chart,
     slug,
+    start_full_path_targets,
     start_targets,
     throughput_chart,
 )
@@ -53,16 +53,7 @@ def run_compare(ctx: Context) -> ScenarioResult:
         " Authorization header included.",
     )
     backends = ctx.lab.start_backends()
-    headers = {"Authorization": f"Bearer {jwt_setup.token()}"}
-    endpoints = start_targets(
-        ctx,
-        ctx.targets,
-        backends.addrs,
-        result,
-        mcp_config=full_path_config(ctx.lab, backends.addrs, jwt_setup),
-        env=jwt_setup.env,
-        headers=headers,
-    )
+    endpoints = start_full_path_targets(ctx, backends.addrs, result, jwt_setup)
     sizes = ctx.args.sizes
     cases = [Case(size, connections) for size in sizes for connections in ctx.args.connections]
     summaries = _measure(ctx, endpoints, cases, {})

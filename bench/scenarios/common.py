@@ -96,6 +96,24 @@ def full_path_config(lab: Lab, backends: Sequence[Addr], jwt_setup: JwtSetup) ->
     )
 
 
+def start_full_path_targets(
+    ctx: Context, backends: Sequence[Addr], result: ScenarioResult, jwt_setup: JwtSetup
+) -> list[Endpoint]:
+    """Every target, mcp-proxy with its whole path on. Every target gets the same requests,
+    Authorization header included."""
+    headers = {"Authorization": f"Bearer {jwt_setup.token()}"}
+    endpoints = start_targets(
+        ctx,
+        ctx.targets,
+        backends,
+        result,
+        mcp_config=full_path_config(ctx.lab, backends, jwt_setup),
+        env=jwt_setup.env,
+        headers=headers,
+    )
+    return endpoints
+
+
 def closed_rows(
     summaries: Mapping[tuple[str, Case], Mapping[str, Any]],
     cases: Sequence[Case],

@@ -20,7 +20,12 @@ from bench.measure import (
     undisturbed,
 )
 from bench.report import Lines, ScenarioResult, Table
-from bench.scenarios.common import Context, JwtSetup, full_path_config, latency_chart, start_targets
+from bench.scenarios.common import (
+    Context,
+    JwtSetup,
+    latency_chart,
+    start_full_path_targets,
+)
 
 GOAL_P99_FACTOR = 2.0  # issue 7: at 50% of nginx's max rate, p99 at most 2 x nginx's p99
 COMMON_FRACTION = 0.5
@@ -46,16 +51,7 @@ def run_openloop(ctx: Context) -> ScenarioResult:
         " included, at 50% of nginx's max. Same mcp-proxy config and requests as `compare`.",
     )
     backends = ctx.lab.start_backends()
-    headers = {"Authorization": f"Bearer {jwt_setup.token()}"}
-    endpoints = start_targets(
-        ctx,
-        ctx.targets,
-        backends.addrs,
-        result,
-        mcp_config=full_path_config(ctx.lab, backends.addrs, jwt_setup),
-        env=jwt_setup.env,
-        headers=headers,
-    )
+    endpoints = start_full_path_targets(ctx, backends.addrs, result, jwt_setup)
     if not endpoints:
         return result
     maxima = _maxima(ctx, endpoints)
