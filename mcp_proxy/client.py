@@ -370,12 +370,15 @@ class ClientConnection(asyncio.Protocol):
 
     def _reject(self, error: ClientError) -> None:
         """A malformed or over-limit request: answer it (if nothing is in flight) and close."""
+        given = None
         if self.parsing is not None:
             self.parsing.body.fail(error)  # a forwarder streaming this body stops with it
+            given = self.parsing.request_id
         self.parsing = None
         self.queue.clear()
         if self.current is None and self.transport is not None and not self.closed:
-            self.write(_error_response(error.status, error.message))
+            request_id = wire.request_id_for(given)
+            self.write(_error_response(error.status, error.message, request_id))
         if self.current is not None:
             self.current.keep_alive = False
         else:
@@ -465,12 +468,13 @@ def _reason(exc: Exception) -> str:
     return text.split(":", 1)[-1].strip().strip("`") or type(exc).__name__
 
 
-def _error_response(status: int, message: str) -> bytes:
-    body = wire.error_body(message, b"-")
+def _error_response(status: int, message: str, request_id: bytes) -> bytes:
+    body = wire.error_body(message, request_id)
     return b"".join(
         (
             wire.status_line(status),
             b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
+            b"x-request-id: %s\r\n" % request_id,
             b"connection: close\r\ncache-control: no-store\r\n\r\n",
             body,
         )

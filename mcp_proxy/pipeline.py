@@ -85,17 +85,13 @@ class Pipeline:
     def __init__(self, ref: RuntimeRef, metrics: Metrics) -> None:
         self.ref = ref
         self.metrics = metrics
-        self.ids = wire.RequestIds()
         self.rng = random.Random()
 
     def dispatch(self, request: Request) -> asyncio.Task[None] | None:
         """Serve `request`; returns the task serving it, or None when the fast lane does."""
         runtime = self.ref.current
         runtime.active += 1
-        request_id = request.request_id
-        if request_id is None or not wire.is_sane_request_id(request_id):
-            request_id = self.ids.next()
-        flight = Flight(runtime, request, request_id)
+        flight = Flight(runtime, request, wire.request_id_for(request.request_id))
         if self._fast(flight):
             return None
         return self._continue(flight, self._phases(flight))

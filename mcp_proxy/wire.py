@@ -68,6 +68,16 @@ class RequestIds:
         return b"%s-%x" % (self._prefix, self._count)
 
 
+REQUEST_IDS = RequestIds()  # one per process: the pipeline's and the client leg's ids
+
+
+def request_id_for(given: bytes | None) -> bytes:
+    """SPEC: the client's X-Request-ID when it is sane, else a new one."""
+    if given is not None and is_sane_request_id(given):
+        return given
+    return REQUEST_IDS.next()
+
+
 def connection_tokens(values: list[bytes]) -> frozenset[bytes]:
     """The header names listed in Connection (RFC 9110 7.6.1), lowercased."""
     names: set[bytes] = set()

@@ -219,6 +219,17 @@ async def test_malformed_requests_are_refused_and_never_forwarded(
     assert response.startswith(b"HTTP/1.1 %d " % status), response[:80]
     assert b"connection: close" in response.lower()
     assert backend.count() == 0
+    # Every response carries X-Request-ID, the same as the JSON body's request_id.
+    head, body = response.split(b"\r\n\r\n", 1)
+    request_id = head.lower().split(b"x-request-id: ", 1)[1].split(b"\r\n", 1)[0]
+    assert json.loads(body)["request_id"] == request_id.decode()
+
+
+async def test_a_refused_request_keeps_a_sane_client_request_id(proxy: Proxy):
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-ID: trace-42\r\nHost: b\r\n\r\n"
+    response = await raw_request(proxy.port, raw)
+    assert response.startswith(b"HTTP/1.1 400 ")
+    assert b"x-request-id: trace-42\r\n" in response.lower()
 
 
 async def test_slowloris_gets_408(tmp_path: Path, backend: Backend):
