@@ -228,11 +228,7 @@ def _build_route(
         names = list(route.to.pools)
     else:
         selector = route.to.selector or {}
-        names = [
-            name
-            for name, pool in config.pools.items()
-            if all(pool.labels.get(k) == v for k, v in selector.items())
-        ]
+        names = [name for name, pool in config.pools.items() if pool.matches(selector)]
     candidates = tuple(backend for name in names for backend in pools[name])
     admission = config.admission
     priority = route.priority or admission.default

@@ -135,9 +135,7 @@ def _target_problems(config: Config, index: int, route: RouteConfig) -> Iterator
             yield Problem(path, f"pool {pool!r} is named twice")
         seen.add(pool)
     selector = route.to.selector
-    if selector is not None and not any(
-        selector.items() <= pool.labels.items() for pool in config.pools.values()
-    ):
+    if selector is not None and not any(pool.matches(selector) for pool in config.pools.values()):
         wanted = ", ".join(f"{key}: {value}" for key, value in selector.items())
         yield Problem(("routes", index, "to", "selector"), f"{{{wanted}}} matches no pool's labels")
 

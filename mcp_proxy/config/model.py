@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from collections.abc import Mapping
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -161,6 +162,10 @@ class PoolConfig(Frozen):
     labels: Labels = {}
     cost: NonNegativeFloat = 0.0
     backends: Annotated[tuple[BackendConfig, ...], Field(min_length=1)]
+
+    def matches(self, selector: Mapping[str, str]) -> bool:
+        """Does this pool carry every label of a route's `selector`?"""
+        return selector.items() <= self.labels.items()
 
     @model_validator(mode="after")
     def _unique_urls(self) -> PoolConfig:
