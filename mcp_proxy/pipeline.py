@@ -119,7 +119,7 @@ class Pipeline:
 
     async def _phases(self, flight: Flight) -> None:
         request, runtime = flight.request, flight.runtime
-        flight.route = route = self._route(runtime, request)
+        flight.route = route = self._route(flight)
         identity = await self._authenticate(runtime, route, request)
         flight.klass = self._priority(runtime, route, identity)
         flight.waited = await self._admit(runtime, flight.klass, request)
@@ -132,8 +132,7 @@ class Pipeline:
         request, runtime = flight.request, flight.runtime
         if request.body is not request.conn.empty_body:
             return False
-        host = (request.host or b"").decode("latin-1")
-        route = runtime.router.match(request.method, host, request.path, request.headers)
+        flight.route = route = self._match(runtime, request)
         if route is None:
             return False
         identity = None
@@ -152,7 +151,7 @@ class Pipeline:
         if backend is None or conn is None:
             gate.release()
             return False
-        flight.route, flight.klass, flight.slot = route, klass, True
+        flight.klass, flight.slot = klass, True
         self.metrics.observe_queue_wait(gate.class_names[klass], 0.0)
         runtime.retry_budget.record_request(now)
         head = request_head(request, _identity_headers(identity), flight.request_id)
@@ -169,12 +168,16 @@ class Pipeline:
         flight.request.conn.finished(flight.request)
 
     # -- phases -------------------------------------------------------------------------------
-    def _route(self, runtime: Runtime, request: Request) -> Route:
-        host = (request.host or b"").decode("latin-1")
-        route = runtime.router.match(request.method, host, request.path, request.headers)
+    def _route(self, flight: Flight) -> Route:
+        """The route the fast lane already matched, or a match now (404 without one)."""
+        route = flight.route or self._match(flight.runtime, flight.request)
         if route is None:
             raise NoRoute("no route for this request")
         return route
+
+    def _match(self, runtime: Runtime, request: Request) -> Route | None:
+        host = (request.host or b"").decode("latin-1")
+        return runtime.router.match(request.method, host, request.path, request.headers)
 
     async def _authenticate(
         self, runtime: Runtime, route: Route, request: Request
@@ -332,17 +335,4 @@ class FastExchange:
 
 
 def _identity_headers(identity: Identity | None) -> Sequence[tuple[bytes, bytes]]:
-    if identity is None:
-        return NO_IDENTITY
-    return (
-        (b"x-auth-subject", _header_value(identity.subject)),
-        (b"x-auth-scopes", _header_value(identity.scopes_header)),
-    )
-
-
-def _header_value(text: str) -> bytes:
-    """Claims are signed, not sanitised: never let one smuggle a line break into a header."""
-    value = text.encode("utf-8", "replace")
-    if b"\r" in value or b"\n" in value or b"\0" in value:
-        value = value.replace(b"\r", b" ").replace(b"\n", b" ").replace(b"\0", b" ")
-    return value
+    return NO_IDENTITY if identity is None else identity.headers

@@ -25,7 +25,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -68,6 +68,17 @@ class Identity:
     scopes_header: str  # space-separated, sorted: the X-Auth-Scopes value
     claims: Mapping[str, Any]
     expires_at: float  # the token's exp, seconds since the epoch
+    # X-Auth-Subject and X-Auth-Scopes as sent to the backend, encoded once per verified
+    # token (the cache hands the same Identity to every request that reuses the token).
+    # `_identity` refused control characters, so the values cannot break a header line.
+    headers: tuple[tuple[bytes, bytes], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        headers = (
+            (b"x-auth-subject", self.subject.encode()),
+            (b"x-auth-scopes", self.scopes_header.encode()),
+        )
+        object.__setattr__(self, "headers", headers)
 
 
 def authorize(identity: Identity, required_scopes: frozenset[str]) -> None:
