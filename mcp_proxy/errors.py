@@ -1,6 +1,7 @@
-"""Errors grouped by origin, each carrying its HTTP status and whether a retry is safe.
+"""Errors grouped by origin, each carrying its HTTP status (and, for upstream failures,
+whether anything was sent: `UpstreamError.before_send`, which `forward._may_retry` reads).
 
-They are translated to a response in exactly one place (`pipeline.error_response`).
+They are translated to a response in exactly one place (`pipeline._respond_error`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ class ProxyError(Exception):
 
     status = 500
     source = "internal"
-    retryable = False  # may the request be sent again to another backend?
 
     def __init__(self, message: str, *, headers: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(message)

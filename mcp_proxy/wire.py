@@ -34,15 +34,10 @@ REQUEST_OWN = frozenset(
 RESPONSE_OWN = frozenset({b"x-request-id", b"via"})
 
 VIA = b"1.1 mcp-proxy"
-SERVER_NAME = b"mcp-proxy"
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 _REQUEST_ID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
-
-
-def reason(status: int) -> bytes:
-    return _REASONS.get(status, b"Unknown")
 
 
 def status_line(status: int, version: bytes = b"1.1") -> bytes:
