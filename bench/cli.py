@@ -247,6 +247,7 @@ def run(
     if cpus.load is not None:
         os.sched_setaffinity(0, cpus.load)  # the harness's own clients stay off the proxy's CPU
     say(f"bench: {cpus.note}; results in {run_dir}")
+    say(f"bench: {_run_text([sys.executable, '-m', 'mcp_proxy', '--version'])}")
     results: list[ScenarioResult] = []
     options: Options | None = None
     try:
@@ -302,6 +303,8 @@ def _meta(
         "machine": f"{_cpu_model()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
         "python": sys.version.split()[0],
         "tools": {tool: _version(tool) for tool in ("nginx", "haproxy", "wrk")},
+        # interpreted or compiled (setup.py): the figures differ by ~40%, say which was measured
+        "mcp_proxy": _run_text([sys.executable, "-m", "mcp_proxy", "--version"]),
         "git": _run_text(["git", "rev-parse", "--short", "HEAD"]),
         "cpus": cpus.as_dict(),
         "quiet_check": quiet,

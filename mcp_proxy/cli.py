@@ -7,6 +7,7 @@ import gc
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from mcp_proxy.config import ConfigError, LoadedConfig, load
 
@@ -31,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcp-proxy", description=__doc__)
+    parser.add_argument("--version", action=_Version, help="print the version and build, exit")
     commands = parser.add_subparsers(dest="command", required=True)
     run_cmd = commands.add_parser("run", help="run the proxy")
     run_cmd.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (YAML)")
@@ -48,6 +50,20 @@ def _parser() -> argparse.ArgumentParser:
 
     add_token_arguments(token_cmd)
     return parser
+
+
+class _Version(argparse.Action):
+    """--version, with the build of the request path (looked up only when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from mcp_proxy import __version__
+        from mcp_proxy.build import describe
+
+        print(f"mcp-proxy {__version__}, {describe()}")
+        parser.exit()
 
 
 def _load_or_report(path: str) -> LoadedConfig | None:
@@ -108,6 +124,7 @@ def serve(loaded: LoadedConfig) -> int:
         # during a 1 ms request would make that backend look slow for seconds).
         gc.collect()
         gc.freeze()
+        _log_build()
         server.install_signal_handlers()
         assert server.reloader is not None
         server.reloader.watch()
@@ -115,3 +132,12 @@ def serve(loaded: LoadedConfig) -> int:
         return 0
 
     return uvloop.run(main())
+
+
+def _log_build() -> None:
+    from mcp_proxy.build import describe, stale
+
+    log = logging.getLogger("mcp_proxy")
+    log.info("%s", describe())
+    for module in stale():
+        log.warning("%s changed after it was compiled: the old code runs (rebuild)", module)

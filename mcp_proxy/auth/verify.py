@@ -238,8 +238,6 @@ class Verifier:
             raise _invalid("unknown token issuer")
         return issuer
 
-    authorize = staticmethod(authorize)
-
     def __repr__(self) -> str:
         sources = ", ".join(repr(issuer.keys) for issuer in self._issuers.values())
         return f"<Verifier issuers={len(self._issuers)} cached={len(self._cache)} [{sources}]>"

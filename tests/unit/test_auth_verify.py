@@ -320,7 +320,7 @@ def test_authorize():
         authorize(identity_with("read"), frozenset({"payments"}))
     assert info.value.status == 403
     with pytest.raises(Forbidden):
-        Verifier.authorize(identity_with("payments"), frozenset({"payments", "admin"}))
+        authorize(identity_with("payments"), frozenset({"payments", "admin"}))
 
 
 # -- the cache ----------------------------------------------------------------------------------

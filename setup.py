@@ -1,0 +1,57 @@
+"""The build: plain Python by default; `MCP_PROXY_COMPILE=1` compiles the request path with mypyc.
+
+Every module stays ordinary, readable Python (typed, `mypy --strict` clean) and runs as such.
+With `MCP_PROXY_COMPILE=1`, mypyc (the compiler mypy and black are built with) turns the
+modules each request goes through into C extensions from those same files: attribute access
+and calls between them stop going through the interpreter, about 40% more requests per CPU
+second in bench/. Everything else (config, CLI, admin, demo) stays interpreted.
+
+    MCP_PROXY_COMPILE=1 pip install .        # what the Dockerfile does
+    MCP_PROXY_COMPILE=1 pip install -e .     # in place: rebuild after editing a compiled module
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from setuptools import setup
+
+# The modules a request runs through (README "Speed"); `mcp-proxy run` logs which are compiled.
+REQUEST_PATH = [
+    "mcp_proxy/client.py",
+    "mcp_proxy/pipeline.py",
+    "mcp_proxy/wire.py",
+    "mcp_proxy/body.py",
+    "mcp_proxy/routing.py",
+    "mcp_proxy/admission/gate.py",
+    "mcp_proxy/auth/verify.py",
+    "mcp_proxy/upstream/forward.py",
+    "mcp_proxy/upstream/pool.py",
+    "mcp_proxy/upstream/backend.py",
+    "mcp_proxy/upstream/balancer.py",
+    "mcp_proxy/upstream/rtt.py",
+    "mcp_proxy/upstream/health.py",
+    "mcp_proxy/upstream/retry.py",
+]
+
+
+def compiled() -> dict[str, Any]:
+    if os.environ.get("MCP_PROXY_COMPILE", "0") in ("", "0"):
+        return {}
+    # mypyc type-checks what it compiles: it needs mypy and the packages whose types it reads.
+    project = tomllib.loads(Path(__file__).with_name("pyproject.toml").read_text())["project"]
+    needs = [*project["dependencies"], "mypy>=1.13", "types-pyyaml"]
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        if {"egg_info", "dist_info"} & set(sys.argv):
+            return {"setup_requires": needs}  # an isolated build's first pass: ask for mypy
+        sys.exit("MCP_PROXY_COMPILE=1 needs mypy in the build environment (pip install mypy)")
+    return {"setup_requires": needs, "ext_modules": mypycify(REQUEST_PATH, opt_level="3")}
+
+
+setup(**compiled())
