@@ -27,6 +27,7 @@ REQUEST_PATH = [
     "mcp_proxy/wire.py",
     "mcp_proxy/body.py",
     "mcp_proxy/routing.py",
+    "mcp_proxy/tally.py",
     "mcp_proxy/admission/gate.py",
     "mcp_proxy/auth/verify.py",
     "mcp_proxy/upstream/forward.py",

@@ -1,9 +1,10 @@
 """Every Prometheus collector of the proxy, in one place, on a registry of its own.
 
-Per-request work is kept to what must happen per request: labelled children are cached (the
-`labels()` lookup takes a lock and builds a key), and values that are state rather than events
+Per-request work is kept to what must happen per request: what every request counts (requests
+by route/pool/code, its duration, its queue wait) is kept in plain numbers (tally.py) that a
+collector turns into families at scrape time, and values that are state rather than events
 (RTT estimate, health, in-flight, queue depth) are read from the current runtime at scrape time
-by a custom collector instead of being pushed on every change.
+too. prometheus_client's own Counter serves the rare events (rejections, reloads, retries).
 """
 
 from __future__ import annotations
@@ -12,9 +13,16 @@ from collections.abc import Callable, Iterator
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+
+from mcp_proxy.tally import Distributions, RequestCounts
 
 if TYPE_CHECKING:
     from mcp_proxy.runtime import Runtime
@@ -29,18 +37,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "mcp_proxy_requests", "Requests answered, by route, pool and status code.",
-            ["route", "pool", "code"], registry=r,
-        )  # fmt: skip
-        self.duration = Histogram(
-            "mcp_proxy_request_duration_seconds", "Time from request head to response end.",
-            ["route"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.queue_wait = Histogram(
-            "mcp_proxy_queue_wait_seconds", "Time an admitted request waited for a slot.",
-            ["priority"], buckets=QUEUE_BUCKETS, registry=r,
-        )  # fmt: skip
+        self.requests = RequestCounts()
+        self.durations = Distributions(LATENCY_BUCKETS)  # by route
+        self.queue_waits = Distributions(QUEUE_BUCKETS)  # by priority class
+        r.register(_TallyCollector(self))
         self.rejected = Counter(
             "mcp_proxy_rejected", "Requests refused by the proxy itself, by reason.",
             ["reason"], registry=r,
@@ -59,27 +59,10 @@ class Metrics:
         self.retries = Counter(
             "mcp_proxy_upstream_retries", "Requests sent again to another backend.", registry=r
         )
-        self._request_children: dict[tuple[str, str, int], Callable[[], None]] = {}
-        self._queue_wait_children: dict[str, Callable[[float], None]] = {}
         for reason in ("auth", "forbidden", "queue_full", "queue_timeout", "no_backend"):
             self.rejected.labels(reason)
         for result in ("ok", "refused"):
             self.reloads.labels(result)
-
-    def count_request(self, route: str, pool: str, code: int) -> None:
-        key = (route, pool, code)
-        inc = self._request_children.get(key)
-        if inc is None:
-            inc = self.requests.labels(route, pool, str(code)).inc
-            self._request_children[key] = inc
-        inc()
-
-    def observe_queue_wait(self, priority: str, seconds: float) -> None:
-        observe = self._queue_wait_children.get(priority)
-        if observe is None:
-            observe = self.queue_wait.labels(priority).observe
-            self._queue_wait_children[priority] = observe
-        observe(seconds)
 
     def watch(self, current: Callable[[], Runtime | None]) -> None:
         """Report the live state of whichever runtime is current at scrape time."""
@@ -91,6 +74,40 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _TallyCollector(Collector):
+    """The per-request tallies (tally.py) as the families prometheus_client would write."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []  # dynamic: nothing to check at registration time
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "mcp_proxy_requests", "Requests answered, by route, pool and status code.",
+            labels=["route", "pool", "code"],
+        )  # fmt: skip
+        for (route, pool, code), count in sorted(self._metrics.requests.counts.items()):
+            requests.add_metric([route, pool, str(code)], count)
+        yield requests
+        yield _histogram(
+            "mcp_proxy_request_duration_seconds", "Time from request head to response end.",
+            "route", self._metrics.durations,
+        )  # fmt: skip
+        yield _histogram(
+            "mcp_proxy_queue_wait_seconds", "Time an admitted request waited for a slot.",
+            "priority", self._metrics.queue_waits,
+        )  # fmt: skip
+
+
+def _histogram(name: str, documentation: str, label: str, tallies: Distributions) -> Metric:
+    family = HistogramMetricFamily(name, documentation, labels=[label])
+    for value, distribution in sorted(tallies.by_label.items()):
+        family.add_metric([value], distribution.cumulative(), distribution.total)
+    return family
 
 
 class _StateCollector(Collector):

@@ -152,7 +152,7 @@ class Pipeline:
             gate.release()
             return False
         flight.klass, flight.slot = klass, True
-        self.metrics.observe_queue_wait(gate.class_names[klass], 0.0)
+        runtime.queue_waits[klass].observe(0.0)
         runtime.retry_budget.record_request(now)
         head = request_head(request, _identity_headers(identity), flight.request_id)
         FastExchange(self, flight, backend, conn, head).start()
@@ -214,7 +214,7 @@ class Pipeline:
                 waited = await gate.wait(klass)
             finally:
                 request.queued = False
-        self.metrics.observe_queue_wait(gate.class_names[klass], waited)
+        runtime.queue_waits[klass].observe(waited)
         return waited
 
     # -- the one place errors become responses -------------------------------------------------
@@ -257,7 +257,7 @@ class Pipeline:
         elapsed = monotonic() - request.started
         route_name = route.name if route is not None else "-"
         pool = outcome.backend.pool if outcome.backend is not None else "-"
-        self.metrics.count_request(route_name, pool, outcome.status)
+        self.metrics.requests.add(route_name, pool, outcome.status)
         if route is not None:
             route.observe_duration(elapsed)
         if access_log.isEnabledFor(logging.INFO):

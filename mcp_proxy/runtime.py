@@ -114,6 +114,8 @@ class Runtime:
             self.gate = AdmissionGate(config.admission, loop=loop)
             self.owns_gate = True
         self.claim = config.admission.claim
+        # each class's queue-wait histogram, by class index (what admission hands out)
+        self.queue_waits = tuple(metrics.queue_waits.get(c) for c in self.gate.class_names)
         self.health = HealthChecker(config.health)
         self.dns = DnsRefresher(
             (b.connections for b in self.backends.values()), config.upstream.dns_refresh, loop=loop
@@ -240,7 +242,7 @@ def _build_route(
         priority=admission.classes.index(priority),
         timeout=route.timeout,
         retries=route.retries,
-        observe_duration=metrics.duration.labels(route.name).observe,
+        observe_duration=metrics.durations.get(route.name).observe,
     )
 
 
