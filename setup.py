@@ -26,6 +26,7 @@ REQUEST_PATH = [
     "mcp_proxy/pipeline.py",
     "mcp_proxy/wire.py",
     "mcp_proxy/body.py",
+    "mcp_proxy/deadline.py",
     "mcp_proxy/routing.py",
     "mcp_proxy/tally.py",
     "mcp_proxy/admission/gate.py",

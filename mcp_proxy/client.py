@@ -25,6 +25,7 @@ import httptools
 
 from mcp_proxy import wire
 from mcp_proxy.body import Body
+from mcp_proxy.deadline import Deadline
 from mcp_proxy.errors import ClientError
 
 if TYPE_CHECKING:
@@ -126,11 +127,7 @@ class ClientConnection(asyncio.Protocol):
         self.queue: deque[Request] = deque()
         self.task: asyncio.Task[None] | None = None
         self.current: Request | None = None
-        # One lazily re-armed timer: setting a deadline is a float store, and a TimerHandle is
-        # made only when none is armed early enough (most requests never make one).
-        self.timer: asyncio.TimerHandle | None = None
-        self.deadline: float | None = None
-        self.on_deadline: Callable[[], None] = _nothing
+        self.deadline = Deadline(self.loop)  # idle, then head deadlines (deadline.py)
         self.head_deadline_set = False
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
@@ -147,7 +144,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self.peer = peer[0].encode() if peer else b""
-        self._set_deadline(self.limits.idle_timeout, self._idle_expired)
+        self.deadline.set(self.limits.idle_timeout, self._idle_expired)
 
     def data_received(self, data: bytes) -> None:
         if self.backlog:
@@ -190,7 +187,7 @@ class ClientConnection(asyncio.Protocol):
         if not self.head_deadline_set and self.current is None:
             # Only a head that did not arrive whole needs its deadline (slowloris).
             self.head_deadline_set = True
-            self._set_deadline(self.limits.header_timeout, self._head_expired)
+            self.deadline.set(self.limits.header_timeout, self._head_expired)
 
     def _feed(self, data: bytes) -> None:
         while True:
@@ -219,7 +216,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._cancel_timer()
+        self.deadline.cancel()
         for request in (self.current, self.parsing, *self.queue):
             if request is not None:
                 request.body.fail(ClientDisconnected("client disconnected"))
@@ -249,7 +246,7 @@ class ClientConnection(asyncio.Protocol):
         self.raw_head_bytes = 0
         self.head_read = self.reads
         self.head_deadline_set = False
-        self.deadline = None  # no longer idle
+        self.deadline.clear()  # no longer idle
 
     def on_url(self, url: bytes) -> None:
         assert self.parsing is not None
@@ -280,7 +277,7 @@ class ClientConnection(asyncio.Protocol):
             request.body = Body(self.loop, self._pause_reading, self._resume_reading)
         request.started = monotonic()
         if self.head_deadline_set:
-            self.deadline = None
+            self.deadline.clear()
         if self.current is None:
             self._start(request)
         else:
@@ -364,9 +361,9 @@ class ClientConnection(asyncio.Protocol):
         elif self.parsing is not None:
             if self.in_head:
                 self.head_deadline_set = True
-                self._set_deadline(self.limits.header_timeout, self._head_expired)
+                self.deadline.set(self.limits.header_timeout, self._head_expired)
         else:
-            self._set_deadline(self.limits.idle_timeout, self._idle_expired)
+            self.deadline.set(self.limits.idle_timeout, self._idle_expired)
 
     def _reject(self, error: ClientError) -> None:
         """A malformed or over-limit request: answer it (if nothing is in flight) and close."""
@@ -403,7 +400,7 @@ class ClientConnection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.closed:
             self.closed = True
-            self._cancel_timer()
+            self.deadline.cancel()
             self.transport.close()
 
     def start_draining(self) -> None:
@@ -413,33 +410,6 @@ class ClientConnection(asyncio.Protocol):
             self.close()
 
     # -- timers and flow control ----------------------------------------------------------------
-    def _set_deadline(self, delay: float, on_deadline: Callable[[], None]) -> None:
-        when = self.loop.time() + delay
-        self.deadline = when
-        self.on_deadline = on_deadline
-        timer = self.timer
-        if timer is None or timer.when() > when:
-            if timer is not None:
-                timer.cancel()
-            self.timer = self.loop.call_at(when, self._check_deadline)
-
-    def _check_deadline(self) -> None:
-        self.timer = None
-        when = self.deadline
-        if when is None or self.closed:
-            return
-        if when > self.loop.time():
-            self.timer = self.loop.call_at(when, self._check_deadline)  # it moved later
-            return
-        self.deadline = None
-        self.on_deadline()
-
-    def _cancel_timer(self) -> None:
-        self.deadline = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
     def _head_expired(self) -> None:
         if self.current is None and self.parsing is not None:
             self._reject(ClientError(408, "request head not received in time"))

@@ -54,7 +54,7 @@ from mcp_proxy.upstream.forward import (
     relay_start,
     request_head,
 )
-from mcp_proxy.upstream.pool import ResponseHead, UpstreamConnection
+from mcp_proxy.upstream.pool import UpstreamConnection
 
 access_log = logging.getLogger("mcp_proxy.access")
 log = logging.getLogger("mcp_proxy")
@@ -274,7 +274,9 @@ class Pipeline:
 class FastExchange:
     """The fast lane's one attempt: request written at once, response finished in callbacks."""
 
-    __slots__ = ("backend", "body", "conn", "flight", "head", "pipeline", "sent_at", "timer")
+    __slots__ = (
+        "backend", "body", "conn", "flight", "head", "head_future", "pipeline", "sent_at",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -297,20 +299,23 @@ class FastExchange:
         self.backend.inflight += 1
         flight.outcome.backend = self.backend
         flight.outcome.attempts = 1
-        head_future, self.body = self.conn.begin(head_only=request.method == "HEAD")
-        timeout = flight.route.timeout
-        self.timer = request.conn.loop.call_later(timeout, expire, head_future, timeout)
-        head_future.add_done_callback(self._on_head)
+        self.head_future, self.body = self.conn.begin(request.method == "HEAD", self._on_head)
+        self.conn.deadline.set(flight.route.timeout, self._expire)
         self.sent_at = monotonic()
         self.conn.write(self.head)
 
-    def _on_head(self, head_future: asyncio.Future[ResponseHead]) -> None:
-        self.timer.cancel()
+    def _expire(self) -> None:
+        assert self.flight.route is not None
+        expire(self.head_future, self.flight.route.timeout)
+        self.conn.announce_head()
+
+    def _on_head(self) -> None:
+        self.conn.deadline.clear()
         flight, request = self.flight, self.flight.request
         route = flight.route
         assert route is not None
         try:
-            response = head_future.result()
+            response = self.head_future.result()
             observe_head(self.backend, response, self.sent_at, request, route, flight.outcome)
         except (UpstreamError, UpstreamTimeout) as error:
             end_attempt(flight.runtime, self.backend, self.conn, False)

@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import httptools
 
 from mcp_proxy.body import Body
+from mcp_proxy.deadline import Deadline
 from mcp_proxy.errors import UpstreamError
 
 
@@ -48,6 +50,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._fresh_parser = True
         self._head: asyncio.Future[ResponseHead] | None = None
+        self._on_head: Callable[[], None] | None = None
+        self.deadline = Deadline(self.loop)  # the fast lane's exchange timeout (deadline.py)
         self._response: ResponseHead | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: Body | None = None
@@ -74,12 +78,14 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError(f"invalid response from backend: {exc}", before_send=False))
             self.abort()
+        self.announce_head()
 
     def eof_received(self) -> bool:
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.deadline.cancel()
         self.pool.forget(self)
         body = self._body
         if body is not None and not body.done and self._close_delimited():
@@ -87,6 +93,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._fail(UpstreamError("backend closed the connection", before_send=False))
         self._release_drain_waiter()
+        self.announce_head()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -136,8 +143,15 @@ class UpstreamConnection(asyncio.Protocol):
             self._finish_message()
 
     # -- the exchange API (used by upstream.forward) ------------------------------------
-    def begin(self, head_only: bool) -> tuple[asyncio.Future[ResponseHead], Body]:
-        """Arm the connection for one request; returns the response head future and body."""
+    def begin(
+        self, head_only: bool, on_head: Callable[[], None] | None = None
+    ) -> tuple[asyncio.Future[ResponseHead], Body]:
+        """Arm the connection for one request; returns the response head future and body.
+
+        `on_head` (the fast lane's) is called once the head future is done, from this
+        connection's own callback (`announce_head`): a done-callback on the future would run
+        only in the loop's next iteration, which costs an extra epoll_wait per request.
+        """
         if not self._fresh_parser:
             self._parser = httptools.HttpResponseParser(self)
         self._fresh_parser = True
@@ -146,6 +160,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._response = None
         self._headers = []
         self._head = self.loop.create_future()
+        self._on_head = on_head
         self._body = Body(self.loop, self._pause_reading, self._resume_reading)
         self.exchanges += 1
         return self._head, self._body
@@ -177,9 +192,17 @@ class UpstreamConnection(asyncio.Protocol):
         """Called by the forwarder when it is done with this exchange, however it ended."""
         reusable = self.reusable
         self._head = None
+        self._on_head = None
         self._body = None
         self._response = None
         self.pool.release(self, reusable)
+
+    def announce_head(self) -> None:
+        """Call the exchange's `on_head` if the head future is done (once; see `begin`)."""
+        on_head, head = self._on_head, self._head
+        if on_head is not None and head is not None and head.done():
+            self._on_head = None
+            on_head()
 
     def abort(self) -> None:
         self.closed = True
