@@ -58,6 +58,7 @@ class Request:
         "host",
         "keep_alive",
         "method",
+        "method_bytes",
         "queued",
         "request_id",
         "response_started",
@@ -69,6 +70,7 @@ class Request:
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
         self.method = ""
+        self.method_bytes = b""  # as received: what goes upstream
         self.target = b""
         self.version = b"1.1"
         self.headers: list[tuple[bytes, bytes]] = []
@@ -107,7 +109,12 @@ class ClientConnection(asyncio.Protocol):
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.dispatch = dispatch
-        self.limits = limits
+        # The limits as plain numbers: an attribute of the config model costs ten slot reads.
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_headers = limits.max_headers
+        self.max_body_bytes = limits.max_body_bytes
+        self.idle_timeout = limits.idle_timeout
+        self.header_timeout = limits.header_timeout
         self.on_close = on_close
         self.transport: asyncio.Transport | None = None
         self.peer = b""
@@ -144,7 +151,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self.peer = peer[0].encode() if peer else b""
-        self.deadline.set(self.limits.idle_timeout, self._idle_expired)
+        self.deadline.set(self.idle_timeout, self._idle_expired)
 
     def data_received(self, data: bytes) -> None:
         if self.backlog:
@@ -181,13 +188,13 @@ class ClientConnection(asyncio.Protocol):
             # The head spans reads, so this whole read belongs to it (llhttp buffers an
             # unfinished header line inside the parser, beyond what on_header has counted).
             self.raw_head_bytes += size
-            if self.raw_head_bytes > self.limits.max_header_bytes:
+            if self.raw_head_bytes > self.max_header_bytes:
                 self._reject(ClientError(431, "request header fields too large"))
                 return
         if not self.head_deadline_set and self.current is None:
             # Only a head that did not arrive whole needs its deadline (slowloris).
             self.head_deadline_set = True
-            self.deadline.set(self.limits.header_timeout, self._head_expired)
+            self.deadline.set(self.header_timeout, self._head_expired)
 
     def _feed(self, data: bytes) -> None:
         while True:
@@ -259,7 +266,7 @@ class ClientConnection(asyncio.Protocol):
         name = name.lower()
         request.headers.append((name, value))
         self._count_head(len(name) + len(value) + 4)
-        if len(request.headers) > self.limits.max_headers:
+        if len(request.headers) > self.max_headers:
             self._fail_parse(ClientError(431, "too many request header fields"))
         if name in _NOTED:
             _NOTED[name](request, value, self)
@@ -268,7 +275,8 @@ class ClientConnection(asyncio.Protocol):
         request = self.parsing
         assert request is not None
         parser = self.parser
-        request.method = parser.get_method().decode("ascii")
+        request.method_bytes = parser.get_method()
+        request.method = request.method_bytes.decode("ascii")
         request.version = parser.get_http_version().encode("ascii")
         request.keep_alive = bool(parser.should_keep_alive())
         self._check_head(request, bool(parser.should_upgrade()))
@@ -286,7 +294,7 @@ class ClientConnection(asyncio.Protocol):
     def on_body(self, data: bytes) -> None:
         request = self.parsing
         assert request is not None
-        if request.body.received + len(data) > self.limits.max_body_bytes:
+        if request.body.received + len(data) > self.max_body_bytes:
             self._fail_parse(ClientError(413, "request body too large"))
         request.body.feed(data)
 
@@ -306,10 +314,7 @@ class ClientConnection(asyncio.Protocol):
             self._fail_parse(ClientError(400, "Transfer-Encoding on an HTTP/1.0 request"))
         if not request.target.startswith(b"/"):
             self._check_absolute_target(request)
-        if (
-            request.content_length is not None
-            and request.content_length > self.limits.max_body_bytes
-        ):
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
             self._fail_parse(ClientError(413, "request body too large"))
         if upgrade and (request.chunked or request.content_length):
             # llhttp would skip this body as "upgraded" bytes; refuse rather than misframe.
@@ -327,7 +332,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _count_head(self, size: int) -> None:
         self.head_bytes += size
-        if self.head_bytes > self.limits.max_header_bytes:
+        if self.head_bytes > self.max_header_bytes:
             self._fail_parse(ClientError(431, "request header fields too large"))
 
     def _fail_parse(self, error: ClientError) -> None:
@@ -361,9 +366,9 @@ class ClientConnection(asyncio.Protocol):
         elif self.parsing is not None:
             if self.in_head:
                 self.head_deadline_set = True
-                self.deadline.set(self.limits.header_timeout, self._head_expired)
+                self.deadline.set(self.header_timeout, self._head_expired)
         else:
-            self.deadline.set(self.limits.idle_timeout, self._idle_expired)
+            self.deadline.set(self.idle_timeout, self._idle_expired)
 
     def _reject(self, error: ClientError) -> None:
         """A malformed or over-limit request: answer it (if nothing is in flight) and close."""

@@ -115,10 +115,10 @@ class Runtime:
             self.owns_gate = True
         self.claim = config.admission.claim
         # each class's queue-wait histogram, by class index (what admission hands out)
-        self.queue_waits = tuple(metrics.queue_waits.get(c) for c in self.gate.class_names)
+        self.queue_waits = tuple([metrics.queue_waits.get(c) for c in self.gate.class_names])
         self.health = HealthChecker(config.health)
         self.dns = DnsRefresher(
-            (b.connections for b in self.backends.values()), config.upstream.dns_refresh, loop=loop
+            [b.connections for b in self.backends.values()], config.upstream.dns_refresh, loop=loop
         )
         self.closed = False
         if previous is None:
@@ -161,7 +161,7 @@ class Runtime:
         """Before a reload's swap: probe the backends the previous snapshot did not have."""
         fresh = [b for key, b in self.backends.items() if key not in known]
         if fresh:
-            await asyncio.gather(*(self.health.probe(b) for b in fresh))
+            await asyncio.gather(*[self.health.probe(b) for b in fresh])
 
     def retire(self) -> None:
         """Swapped out: stop probing and re-resolving now (the new snapshot does both for the

@@ -41,7 +41,16 @@ _REQUEST_ID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuv
 
 
 def status_line(status: int, version: bytes = b"1.1") -> bytes:
+    if version == b"1.1":
+        line = _STATUS_LINES.get(status)
+        if line is not None:
+            return line
     return b"HTTP/%s %d %s\r\n" % (version, status, _REASONS.get(status, b"Unknown"))
+
+
+_STATUS_LINES = {
+    status: b"HTTP/1.1 %d %s\r\n" % (status, reason) for status, reason in _REASONS.items()
+}
 
 
 def is_sane_request_id(value: bytes) -> bool:

@@ -64,7 +64,6 @@ import enum
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
 T = TypeVar("T")
@@ -106,11 +105,23 @@ class Outcome(enum.Enum):
     REJECTED = "rejected"  # queue full and the newcomer outranks no one, or the queue is closed
 
 
-@dataclass(frozen=True, slots=True)
 class Decision(Generic[T]):
-    outcome: Outcome
-    waiter: Waiter[T] | None = None  # QUEUED: the newcomer's place in line
-    displaced: Waiter[T] | None = None  # QUEUED: pushed out to make room; reject it (queue_full)
+    """What `enqueue` decided. Read-only by convention (a plain class: mypyc compiles it)."""
+
+    __slots__ = ("displaced", "outcome", "waiter")
+
+    def __init__(
+        self,
+        outcome: Outcome,
+        waiter: Waiter[T] | None = None,  # QUEUED: the newcomer's place in line
+        displaced: Waiter[T] | None = None,  # QUEUED: pushed out to make room (queue_full)
+    ) -> None:
+        self.outcome = outcome
+        self.waiter = waiter
+        self.displaced = displaced
+
+    def __repr__(self) -> str:
+        return f"Decision({self.outcome.name}, waiter={self.waiter}, displaced={self.displaced})"
 
 
 # Shared, immutable: the two decisions without a waiter allocate nothing.

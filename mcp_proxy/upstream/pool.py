@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 from collections.abc import Callable
+from time import monotonic
 from typing import Any, cast
 
 import httptools
@@ -27,7 +27,14 @@ from mcp_proxy.errors import UpstreamError
 
 
 class ResponseHead:
-    __slots__ = ("chunked", "content_length", "headers", "keep_alive", "status")
+    __slots__ = (
+        "chunked",
+        "connection_tokens",
+        "content_length",
+        "headers",
+        "keep_alive",
+        "status",
+    )
 
     def __init__(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
@@ -35,6 +42,7 @@ class ResponseHead:
         self.content_length: int | None = None
         self.chunked = False
         self.keep_alive = True
+        self.connection_tokens: list[bytes] = []  # Connection header values, if any
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -121,6 +129,8 @@ class UpstreamConnection(asyncio.Protocol):
                 response.content_length = int(value)
             elif name == b"transfer-encoding":
                 response.chunked = True  # llhttp accepted it, so chunked is the final coding
+            elif name == b"connection":
+                response.connection_tokens.append(value)
         response.keep_alive = bool(self._parser.should_keep_alive())
         self._response = response
         head = self._head
@@ -287,7 +297,7 @@ class ConnectionPool:
 
     async def acquire(self) -> tuple[UpstreamConnection, bool]:
         """A connection ready for one exchange, and whether it was reused from the pool."""
-        conn = self.take_idle(time.monotonic())
+        conn = self.take_idle(monotonic())
         if conn is not None:
             return conn, True
         return await self._connect(), False
@@ -324,7 +334,7 @@ class ConnectionPool:
 
     def release(self, conn: UpstreamConnection, reusable: bool) -> None:
         if reusable and not self.closing and len(self.idle) < self.max_idle:
-            conn.idle_since = time.monotonic()
+            conn.idle_since = monotonic()
             self.idle.append(conn)
         else:
             conn.abort()
