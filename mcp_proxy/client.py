@@ -275,11 +275,19 @@ class ClientConnection(asyncio.Protocol):
         request = self.parsing
         assert request is not None
         parser = self.parser
-        request.method_bytes = parser.get_method()
-        request.method = request.method_bytes.decode("ascii")
-        request.version = parser.get_http_version().encode("ascii")
+        method = request.method_bytes = parser.get_method()
+        request.method = _METHOD_NAMES.get(method) or method.decode("ascii")
         request.keep_alive = bool(parser.should_keep_alive())
-        self._check_head(request, bool(parser.should_upgrade()))
+        # Without a Connection header, llhttp keeps only HTTP/1.1 alive (1.0, 0.9 and 2.0 are
+        # not), and marks no upgrade (that needs "Connection: upgrade"; CONNECT is refused).
+        # So the common request needs neither get_http_version, which formats a string and
+        # costs more than the rest of the head's checks, nor should_upgrade.
+        if request.keep_alive and not request.connection_tokens:
+            upgrade = False  # and request.version stays b"1.1"
+        else:
+            request.version = parser.get_http_version().encode("ascii")
+            upgrade = bool(parser.should_upgrade())
+        self._check_head(request, upgrade)
         self.in_head = False
         if request.chunked or request.content_length:
             request.body = Body(self.loop, self._pause_reading, self._resume_reading)
@@ -501,6 +509,12 @@ def _note_forwarded_for(request: Request, value: bytes, conn: ClientConnection) 
     previous = request.forwarded_for
     request.forwarded_for = value if previous is None else previous + b", " + value
 
+
+# The str of each common method, looked up instead of decoded per request.
+_METHOD_NAMES = {
+    name.encode(): name
+    for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
+}
 
 _NOTED: dict[bytes, Callable[[Request, bytes, ClientConnection], None]] = {
     b"host": _note_host,

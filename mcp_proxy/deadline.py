@@ -18,17 +18,18 @@ def _nothing() -> None:
 
 
 class Deadline:
-    __slots__ = ("callback", "loop", "timer", "when")
+    __slots__ = ("callback", "loop", "time", "timer", "when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.time = loop.time  # the loop's clock, as call_at reads it (bound once)
         self.when: float | None = None
         self.callback: Callable[[], None] = _nothing
         self.timer: asyncio.TimerHandle | None = None
 
     def set(self, delay: float, callback: Callable[[], None]) -> None:
         """Call `callback` in `delay` seconds unless set again or cleared before."""
-        when = self.loop.time() + delay
+        when = self.time() + delay
         self.when = when
         self.callback = callback
         timer = self.timer
@@ -54,7 +55,7 @@ class Deadline:
         when = self.when
         if when is None:
             return
-        if when > self.loop.time():
+        if when > self.time():
             self.timer = self.loop.call_at(when, self._fire)  # it moved later
             return
         callback = self.callback

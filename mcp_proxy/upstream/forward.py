@@ -35,6 +35,8 @@ _AUTH_PREFIXES = frozenset({b"x-auth-", b"x_auth_", b"x-auth_", b"x_auth-"})
 _STRIP_IN = wire.HOP_BY_HOP | wire.REQUEST_OWN | {b"x-forwarded-for"}
 _STRIP_OUT = wire.HOP_BY_HOP | wire.RESPONSE_OWN
 _RETRY_STATUSES = frozenset({502, 503})
+_VIA_LINE = b"\r\nvia: " + wire.VIA + b"\r\n"
+_VIA_THEN_REQUEST_ID = b"\r\nvia: " + wire.VIA + b"\r\nx-request-id: "
 
 
 class ResponseAborted(Exception):
@@ -63,35 +65,34 @@ def request_head(
     if request.connection_tokens:
         drop = drop | wire.connection_tokens(request.connection_tokens)
     parts = [request.method_bytes, b" ", request.target, b" HTTP/1.1\r\n"]
-    append = parts.append
     for name, value in request.headers:
         # 120 is "x": only then can it be a client's X-Auth-* (any case, any separator)
         if name in drop or (name[0] == 120 and name[:7] in _AUTH_PREFIXES):
             continue
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
     for name, value in identity:
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
-    append(b"x-forwarded-for: ")
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
+    parts.append(b"x-forwarded-for: ")
     if request.forwarded_for is not None:
-        append(request.forwarded_for)
-        append(b", ")
-    append(request.conn.peer)
-    append(b"\r\nx-forwarded-proto: http\r\nx-forwarded-host: ")
-    append(request.host or b"")
-    append(b"\r\nvia: " + wire.VIA + b"\r\nx-request-id: ")
-    append(request_id)
+        parts.append(request.forwarded_for)
+        parts.append(b", ")
+    parts.append(request.conn.peer)
+    parts.append(b"\r\nx-forwarded-proto: http\r\nx-forwarded-host: ")
+    parts.append(request.host or b"")
+    parts.append(_VIA_THEN_REQUEST_ID)
+    parts.append(request_id)
     if request.chunked:
-        append(b"\r\ntransfer-encoding: chunked\r\n\r\n")
+        parts.append(b"\r\ntransfer-encoding: chunked\r\n\r\n")
     elif request.content_length is not None:
-        append(b"\r\ncontent-length: %d\r\n\r\n" % request.content_length)
+        parts.append(b"\r\ncontent-length: %d\r\n\r\n" % request.content_length)
     else:
-        append(b"\r\n\r\n")
+        parts.append(b"\r\n\r\n")
     return b"".join(parts)
 
 
@@ -346,18 +347,17 @@ def response_head(
     if response.connection_tokens:
         drop = drop | wire.connection_tokens(response.connection_tokens)
     parts = [wire.status_line(response.status)]
-    append = parts.append
     for name, value in response.headers:
         if name not in drop:
-            append(name)
-            append(b": ")
-            append(value)
-            append(b"\r\n")
-    append(b"x-request-id: ")
-    append(request_id)
-    append(b"\r\nvia: " + wire.VIA + b"\r\n")
-    append(framing)
-    append(_connection_header(request))
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(b"\r\n")
+    parts.append(b"x-request-id: ")
+    parts.append(request_id)
+    parts.append(_VIA_LINE)
+    parts.append(framing)
+    parts.append(_connection_header(request))
     return b"".join(parts)
 
 
