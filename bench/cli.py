@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,13 @@ def _add_options(sub: argparse.ArgumentParser) -> None:
         "--backend", choices=("python", "nginx"), default="python", help="the backend (see README)"
     )
     common.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    common.add_argument(
+        "--halt-poll-ns",
+        type=int,
+        default=None,
+        help="for this run, let idle (virtual) CPUs poll this long before halting"
+        " (guest haltpoll; needs root; restored after; see README, c=1 latency)",
+    )
     common.add_argument("--allow-busy", action="store_true", help="measure even on a busy machine")
     common.add_argument(
         "--max-busy", type=float, default=0.10, help="busy share of all CPUs that refuses a run"
@@ -202,6 +209,11 @@ def preflight(
         tools |= {TARGET_TOOLS[t] for t in targets_for(scenario, args.targets) if t in TARGET_TOOLS}
     if args.backend == "nginx":
         tools.add("nginx")
+    if args.halt_poll_ns is not None and not os.access(HALT_POLL, os.W_OK):
+        raise PreflightError(
+            f"--halt-poll-ns needs a writable {HALT_POLL} (a guest with the haltpoll"
+            " cpuidle driver, and root)"
+        )
     raise_file_limit()
     pin = not args.no_pin
     if pin and not can_pin():
@@ -250,6 +262,8 @@ def run(
     say(f"bench: {_run_text([sys.executable, '-m', 'mcp_proxy', '--version'])}")
     results: list[ScenarioResult] = []
     options: Options | None = None
+    restore_halt_poll = _set_halt_poll(args.halt_poll_ns)
+    idle_cpu = _idle_policy()  # as it is while measuring
     try:
         for scenario in scenarios:
             options = _options(args, scenario)
@@ -257,7 +271,10 @@ def run(
             results.append(_run_one(args, scenario, options, cpus, run_dir))
     except KeyboardInterrupt:
         say("interrupted: every process started was stopped; writing what was measured")
+    finally:
+        restore_halt_poll()
     meta = _meta(args, cpus, quiet, options or _options(args, scenarios[0]), started)
+    meta["idle_cpu"] = idle_cpu
     for warning in write_report(run_dir, meta, results):
         say(warning)
     failed = {f"{result.name}: {target}" for result in results for target in result.failures}
@@ -305,6 +322,7 @@ def _meta(
         "tools": {tool: _version(tool) for tool in ("nginx", "haproxy", "wrk")},
         # interpreted or compiled (setup.py): the figures differ by ~40%, say which was measured
         "mcp_proxy": _run_text([sys.executable, "-m", "mcp_proxy", "--version"]),
+        "idle_cpu": _idle_policy(),
         "git": _run_text(["git", "rev-parse", "--short", "HEAD"]),
         "cpus": cpus.as_dict(),
         "quiet_check": quiet,
@@ -317,6 +335,34 @@ def _meta(
             "backend": args.backend,
         },
     }
+
+
+HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+
+
+def _set_halt_poll(nanoseconds: int | None) -> Callable[[], None]:
+    """Set guest_halt_poll_ns for the run; returns what puts the previous value back."""
+    if nanoseconds is None:
+        return lambda: None
+    previous = HALT_POLL.read_text().strip()
+    HALT_POLL.write_text(str(nanoseconds))
+    say(f"bench: idle CPUs poll up to {nanoseconds:,} ns before halting (was {previous})")
+
+    def restore() -> None:
+        HALT_POLL.write_text(previous)
+
+    return restore
+
+
+def _idle_policy() -> str:
+    """How an idle (virtual) CPU waits: it sets the cost of waking one, which every request
+    crossing CPUs pays at low load (the c=1 legs). haltpoll with guest_halt_poll_ns=0 halts
+    at once, and each wake-up goes through the hypervisor."""
+    base = Path("/sys/devices/system/cpu/cpuidle/current_driver")
+    driver = base.read_text().strip() if base.exists() else "unknown"
+    if not HALT_POLL.exists():
+        return driver
+    return f"{driver}, guest_halt_poll_ns={HALT_POLL.read_text().strip()}"
 
 
 def _cpu_model() -> str:

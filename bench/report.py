@@ -114,7 +114,7 @@ def write_report(
         "",
         f"- command: `{meta['command']}`",
         f"- when: {meta['started']}; machine: {meta['machine']}",
-        f"- CPUs: {meta['cpus']['note']}",
+        f"- CPUs: {meta['cpus']['note']}; idle CPUs: {meta.get('idle_cpu', 'unknown')}",
         f"- measured: {meta.get('mcp_proxy') or 'mcp-proxy (version unknown)'}",
         f"- repeats: {meta['options']['repeats']} per point; figures are the median with"
         " (min-max) over them",

@@ -1,0 +1,201 @@
+"""Instructions per request, counted by callgrind: a figure this noisy machine cannot disturb.
+
+`python -m bench.instructions [--requests 3000] [--connections 20] [--no-auth]`
+
+Requests per second on a shared 2-vCPU VM move by 5-10% from one run to the next, more than
+most single optimisations are worth. valgrind's callgrind counts the instructions mcp-proxy
+executes in user space instead (kernel work, the syscalls themselves, is not counted): the
+same code and the same requests give the same count within about 1%, whatever else the
+machine does. It is the before/after figure for work on the request path; requests per
+second (`python -m bench run compare`) remain the figure users compare.
+
+How: the backend (bench.backend) and mcp-proxy under `valgrind --tool=callgrind
+--instr-atstart=no` (the full path: one route with JWT auth, a reused HS256 token, admission,
+lowest_rtt, metrics), 500 requests of warm-up, then instrumentation on (callgrind_control) for
+`--requests` requests over `--connections` keep-alive connections, off, and the proxy stopped:
+callgrind writes its totals on exit. Needs valgrind (`apt-get install valgrind`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench import configs
+from bench.scenarios.common import JwtSetup
+
+HOST = "127.0.0.1"
+WARMUP = 500
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    missing = [tool for tool in ("valgrind", "callgrind_control") if shutil.which(tool) is None]
+    if missing:
+        print(f"bench.instructions: needs {', '.join(missing)}: apt-get install valgrind")
+        return 2
+    with tempfile.TemporaryDirectory(prefix="mcp-bench-ir-") as work:
+        result = measure(Path(work), args)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def measure(work: Path, args: argparse.Namespace) -> dict[str, object]:
+    setup = JwtSetup.fresh()
+    backend_port, proxy_port, admin_port = (_free_port() for _ in range(3))
+    config = configs.mcp_proxy_conf(
+        (HOST, proxy_port),
+        (HOST, admin_port),
+        {"bench": [(HOST, backend_port)]},
+        [configs.route("all", "/", ["bench"])],
+        auth=None if args.no_auth else setup.issuer,
+    )
+    (work / "mcp-proxy.yaml").write_text(configs.dump_yaml(config))
+    env = {**os.environ, **setup.env}
+    out = work / "callgrind.out"
+    backend = subprocess.Popen(
+        [sys.executable, "-m", "bench.backend", "--port", str(backend_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+    proxy = subprocess.Popen(
+        [*valgrind, sys.executable, "-m", "mcp_proxy", "run", "-c", str(work / "mcp-proxy.yaml")],
+        stdout=subprocess.DEVNULL,
+        stderr=(work / "proxy.log").open("wb"),
+        env=env,
+    )
+    try:
+        _wait_until_serving(admin_port, proxy)
+        head = _request_head(proxy_port, None if args.no_auth else setup.token())
+        send(proxy_port, head, args.connections, WARMUP)
+        _callgrind_control(proxy.pid, "on")
+        send(proxy_port, head, args.connections, args.requests)
+        _callgrind_control(proxy.pid, "off")
+    finally:
+        proxy.terminate()
+        proxy.wait(60)
+        backend.terminate()
+        backend.wait(10)
+    total = instructions_in(out)
+    return {
+        "instructions_per_request": round(total / args.requests),
+        "requests": args.requests,
+        "connections": args.connections,
+        "path": "route, admission, lowest_rtt, metrics" + ("" if args.no_auth else ", JWT"),
+        "build": _version(),
+    }
+
+
+def send(port: int, head: bytes, connections: int, total: int) -> None:
+    """`total` requests over `connections` keep-alive connections, one in flight on each."""
+    socks = [socket.create_connection((HOST, port)) for _ in range(min(connections, total))]
+    try:
+        buffers = [b""] * len(socks)
+        waiting = [False] * len(socks)
+        sent = done = 0
+        for index, sock in enumerate(socks):
+            sock.sendall(head)
+            sent, waiting[index] = sent + 1, True
+        while done < total:
+            for index, sock in enumerate(socks):
+                if not waiting[index]:
+                    continue
+                buffers[index] = _read_response(sock, buffers[index])
+                done, waiting[index] = done + 1, False
+                if sent < total:
+                    sock.sendall(head)
+                    sent, waiting[index] = sent + 1, True
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _read_response(sock: socket.socket, buffer: bytes) -> bytes:
+    """Read until one whole response (Content-Length framed) is in; return what is left."""
+    while True:
+        end = buffer.find(b"\r\n\r\n")
+        if end >= 0:
+            head = buffer[:end].lower()
+            if not head.startswith(b"http/1.1 200"):
+                raise RuntimeError(f"unexpected response: {head[:60]!r}")
+            length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+            if len(buffer) >= end + 4 + length:
+                return buffer[end + 4 + length :]
+        data = sock.recv(65536)
+        if not data:
+            raise RuntimeError("mcp-proxy closed the connection")
+        buffer += data
+
+
+def instructions_in(out: Path) -> int:
+    """The `totals:` (or `summary:`) line callgrind writes at the end of its output file."""
+    for line in reversed(out.read_text().splitlines()):
+        if line.startswith(("totals:", "summary:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {out}")
+
+
+def _request_head(port: int, token: str | None) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return f"GET / HTTP/1.1\r\nHost: {HOST}:{port}\r\n{auth}\r\n".encode()
+
+
+def _callgrind_control(pid: int, state: str) -> None:
+    subprocess.run(
+        ["callgrind_control", "-i", state, str(pid)], check=True, capture_output=True, timeout=60
+    )
+
+
+def _wait_until_serving(admin_port: int, proxy: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120  # valgrind starts Python ~50x slower
+    while time.monotonic() < deadline:
+        if proxy.poll() is not None:
+            raise RuntimeError("mcp-proxy exited under valgrind (see its log)")
+        try:
+            with socket.create_connection((HOST, admin_port), timeout=1) as sock:
+                sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)  # polling a starting process: nothing to wait on
+    raise RuntimeError("mcp-proxy did not become ready under valgrind within 120 s")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _version() -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_proxy", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.stdout.strip()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
+    parser.add_argument("--requests", type=int, default=3000, help="requests counted")
+    parser.add_argument("--connections", type=int, default=20, help="keep-alive connections")
+    parser.add_argument("--no-auth", action="store_true", help="a route without JWT")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
