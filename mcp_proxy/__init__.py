@@ -3,7 +3,7 @@
 How this works (one request):
 
     client.py     ClientConnection (asyncio Protocol + llhttp) parses the head, enforces limits
-    pipeline.py   handle(request): snapshot -> route -> token -> admission -> proxy -> record
+    pipeline.py   dispatch(request): snapshot -> route -> token -> admission -> proxy -> record
     runtime.py    Runtime: everything computed once from one config; RuntimeRef.current
     routing.py    Router: first match wins (path prefix, methods, host, headers)
     auth/         JWT verification (pyjwt) with a verified-token cache; key sets (file/URL/env)
@@ -15,7 +15,10 @@ How this works (one request):
                   both ways, timeouts, retries)
     reload.py     validate, build, warm, swap one reference
     server.py     listeners, start-up and graceful shutdown;  admin.py  the admin endpoints
-    metrics.py    every Prometheus collector;  demo.py  `mcp-proxy demo`;  cli.py  commands
+    metrics.py    every Prometheus collector; tally.py  per-request counts read at scrape time
+    deadline.py   a deadline moved by float stores (one lazily re-armed timer per connection)
+    build.py      which modules run compiled (setup.py: MCP_PROXY_COMPILE=1 compiles the
+                  request path with mypyc);  demo.py  `mcp-proxy demo`;  cli.py  commands
     config/       model (frozen, typed), load (YAML with line numbers), check (cross-references)
 
 Decisions live in pure, synchronous objects (router, balancer, health state, admission queue,
