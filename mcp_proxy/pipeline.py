@@ -53,6 +53,7 @@ from mcp_proxy.upstream.forward import (
     relay_rest,
     relay_start,
     request_head,
+    with_host,
 )
 from mcp_proxy.upstream.pool import UpstreamConnection
 
@@ -302,7 +303,7 @@ class FastExchange:
         self.head_future, self.body = self.conn.begin(request.method == "HEAD", self._on_head)
         self.conn.deadline.set(flight.route.timeout, self._expire)
         self.sent_at = monotonic()
-        self.conn.write(self.head)
+        self.conn.write(with_host(self.head, request, self.backend))
 
     def _expire(self) -> None:
         assert self.flight.route is not None

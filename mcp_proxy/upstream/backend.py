@@ -52,6 +52,7 @@ class Backend:
         "cost_factor",
         "groups",
         "health",
+        "host_line",
         "inflight",
         "kind",
         "outlier",
@@ -75,6 +76,10 @@ class Backend:
         self.config = backend
         self.url = backend.url
         self.weight = backend.weight
+        # The Host a request without one (HTTP/1.0 may omit it) gets upstream: the backend's
+        # authority, as nginx's default `proxy_set_header Host $proxy_host` sends.
+        host = f"[{backend.host}]" if ":" in backend.host else backend.host
+        self.host_line = f"host: {host}:{backend.port}\r\n".encode("ascii")  # punycode
         self.cost_factor = 1.0 + config.balancer.cost_weight * pool.cost
         self.rtt = PeakEwma(config.balancer.decay, config.balancer.default_rtt)
         self.inflight = 0

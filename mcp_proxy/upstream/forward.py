@@ -96,6 +96,16 @@ def request_head(
     return b"".join(parts)
 
 
+def with_host(head: bytes, request: Request, backend: Backend) -> bytes:
+    """`head` as sent to `backend`: with a Host line when the client sent none (HTTP/1.0).
+
+    The head is built once for every attempt; only this case depends on the backend.
+    """
+    if request.host is not None:
+        return head
+    return head[:-2] + backend.host_line + b"\r\n"
+
+
 async def proxy(
     runtime: Runtime,
     route: Route,
@@ -169,7 +179,8 @@ async def exchange(
         try:
             head_future, body = conn.begin(head_only=request.method == "HEAD")
             sent_at = monotonic()
-            response = await _send(conn, head_future, route, request, head, loop)
+            sent = with_host(head, request, backend)
+            response = await _send(conn, head_future, route, request, sent, loop)
             observe_head(backend, response, sent_at, request, route, outcome)
             ok = response.status < 500
             complete, chunked = relay_start(body, response, request, request_id)

@@ -232,6 +232,35 @@ async def test_a_refused_request_keeps_a_sane_client_request_id(proxy: Proxy):
     assert b"x-request-id: trace-42\r\n" in response.lower()
 
 
+async def test_http_1_0_without_host_is_served_and_closed(proxy: Proxy, backend: Backend):
+    # No Connection header: llhttp does not keep 1.0 alive, and the version decides the rest.
+    response = await raw_request(proxy.port, b"GET /download/5?chunked=1 HTTP/1.0\r\n\r\n")
+    head, body = response.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert b"transfer-encoding" not in head.lower()  # a 1.0 client cannot read chunks
+    assert b"connection: close" in head.lower()
+    assert body == b"xxxxx"  # the close ends the body
+    assert backend.count() == 1
+
+
+async def test_http_1_0_keep_alive_is_kept_alive(proxy: Proxy, backend: Backend):
+    one = b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    response = await raw_request(proxy.port, one + one, read_timeout=1.0)
+    assert response.count(b"HTTP/1.1 200 ") == 2  # the second one went over the same connection
+    assert response.lower().count(b"connection: keep-alive\r\n") == 2
+    assert backend.count() == 2
+
+
+async def test_http_1_1_without_connection_header_stays_open_and_is_not_an_upgrade(
+    proxy: Proxy, backend: Backend
+):
+    one = b"GET /a HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"
+    response = await raw_request(proxy.port, one + one, read_timeout=1.0)
+    assert response.count(b"HTTP/1.1 200 ") == 2
+    assert b"connection: close" not in response.lower()
+    assert all(name.lower() != "upgrade" for name, _ in backend.requests[0]["headers"])
+
+
 async def test_slowloris_gets_408(tmp_path: Path, backend: Backend):
     config = simple_config(backend, limits={"header_timeout": "300ms"})
     proxy = await Proxy.start(tmp_path, config)
