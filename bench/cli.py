@@ -29,7 +29,7 @@ from bench.preflight import (
     require_free_ports,
     require_tools,
 )
-from bench.procs import Services
+from bench.procs import Services, mcp_proxy_build
 from bench.report import ScenarioResult, write_report
 from bench.scenarios import ALL, SCENARIOS, Scenario
 from bench.scenarios.common import Context
@@ -259,7 +259,7 @@ def run(
     if cpus.load is not None:
         os.sched_setaffinity(0, cpus.load)  # the harness's own clients stay off the proxy's CPU
     say(f"bench: {cpus.note}; results in {run_dir}")
-    build = _run_text([sys.executable, "-m", "mcp_proxy", "--version"])
+    build = mcp_proxy_build()
     say(f"bench: {build}")
     if "interpreted" in build:
         say(
@@ -280,7 +280,7 @@ def run(
     finally:
         restore_halt_poll()
     meta = _meta(args, cpus, quiet, options or _options(args, scenarios[0]), started)
-    meta["idle_cpu"] = idle_cpu
+    meta |= {"mcp_proxy": build, "idle_cpu": idle_cpu}  # as they were while measuring
     for warning in write_report(run_dir, meta, results):
         say(warning)
     failed = {f"{result.name}: {target}" for result in results for target in result.failures}
@@ -326,9 +326,6 @@ def _meta(
         "machine": f"{_cpu_model()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
         "python": sys.version.split()[0],
         "tools": {tool: _version(tool) for tool in ("nginx", "haproxy", "wrk")},
-        # interpreted or compiled (setup.py): the figures differ by ~40%, say which was measured
-        "mcp_proxy": _run_text([sys.executable, "-m", "mcp_proxy", "--version"]),
-        "idle_cpu": _idle_policy(),
         "git": _run_text(["git", "rev-parse", "--short", "HEAD"]),
         "cpus": cpus.as_dict(),
         "quiet_check": quiet,
@@ -382,8 +379,8 @@ def _cpu_model() -> str:
 
 
 def _version(tool: str) -> str:
-    flag = {"nginx": "-v", "haproxy": "-v", "wrk": "-v"}[tool]
-    return _run_text([tool, flag]).splitlines()[0] if _run_text([tool, flag]) else "not installed"
+    text = _run_text([tool, "-v"])
+    return text.splitlines()[0] if text else "not installed"
 
 
 def _run_text(argv: list[str]) -> str:

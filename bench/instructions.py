@@ -20,20 +20,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from bench import configs
+from bench.lab import HOST
+from bench.procs import Service, Services, answers, mcp_proxy_build, wait_ready
 from bench.scenarios.common import JwtSetup
 
-HOST = "127.0.0.1"
 WARMUP = 500
 
 
@@ -60,39 +59,48 @@ def measure(work: Path, args: argparse.Namespace) -> dict[str, object]:
         auth=None if args.no_auth else setup.issuer,
     )
     (work / "mcp-proxy.yaml").write_text(configs.dump_yaml(config))
-    env = {**os.environ, **setup.env}
     out = work / "callgrind.out"
-    backend = subprocess.Popen(
-        [sys.executable, "-m", "bench.backend", "--port", str(backend_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
-    proxy = subprocess.Popen(
-        [*valgrind, sys.executable, "-m", "mcp_proxy", "run", "-c", str(work / "mcp-proxy.yaml")],
-        stdout=subprocess.DEVNULL,
-        stderr=(work / "proxy.log").open("wb"),
-        env=env,
-    )
-    try:
-        _wait_until_serving(admin_port, proxy)
+    with Services() as services:
+        backend = services.start(
+            Service(
+                "backend",
+                [sys.executable, "-m", "bench.backend", "--port", str(backend_port)],
+                work / "backend.log",
+            )
+        )
+        wait_ready(backend, answers(HOST, backend_port, "/healthz"), 20, "GET /healthz")
+        proxy = services.start(
+            Service(
+                "mcp-proxy under valgrind",
+                [
+                    *valgrind,
+                    sys.executable,
+                    "-m",
+                    "mcp_proxy",
+                    "run",
+                    "-c",
+                    str(work / "mcp-proxy.yaml"),
+                ],
+                work / "proxy.log",
+                env=setup.env,
+            )
+        )
+        # valgrind starts Python ~50x slower than usual
+        wait_ready(proxy, answers(HOST, admin_port, "/readyz"), 120, "GET /readyz")
         head = _request_head(proxy_port, None if args.no_auth else setup.token())
         send(proxy_port, head, args.connections, WARMUP)
         _callgrind_control(proxy.pid, "on")
         send(proxy_port, head, args.connections, args.requests)
         _callgrind_control(proxy.pid, "off")
-    finally:
-        proxy.terminate()
-        proxy.wait(60)
-        backend.terminate()
-        backend.wait(10)
+        services.stop(proxy)  # callgrind writes its totals as the proxy exits
     total = instructions_in(out)
     return {
         "instructions_per_request": round(total / args.requests),
         "requests": args.requests,
         "connections": args.connections,
         "path": "route, admission, lowest_rtt, metrics" + ("" if args.no_auth else ", JWT"),
-        "build": _version(),
+        "build": mcp_proxy_build(),
     }
 
 
@@ -156,37 +164,10 @@ def _callgrind_control(pid: int, state: str) -> None:
     )
 
 
-def _wait_until_serving(admin_port: int, proxy: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120  # valgrind starts Python ~50x slower
-    while time.monotonic() < deadline:
-        if proxy.poll() is not None:
-            raise RuntimeError("mcp-proxy exited under valgrind (see its log)")
-        try:
-            with socket.create_connection((HOST, admin_port), timeout=1) as sock:
-                sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                if sock.recv(64).startswith(b"HTTP/1.1 200"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)  # polling a starting process: nothing to wait on
-    raise RuntimeError("mcp-proxy did not become ready under valgrind within 120 s")
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
-
-
-def _version() -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "mcp_proxy", "--version"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return done.stdout.strip()
 
 
 def _parser() -> argparse.ArgumentParser:

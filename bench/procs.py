@@ -11,6 +11,7 @@ import http.client
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -161,6 +162,22 @@ def http_get(
         return response.status, response.read()
     finally:
         connection.close()
+
+
+def mcp_proxy_build() -> str:
+    """`mcp-proxy --version` as run from here: the version and whether its request path is
+    compiled (setup.py), which moves every figure; empty when it cannot be asked."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "mcp_proxy", "--version"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip()
 
 
 def answers(host: str, port: int, path: str, status: int = 200) -> Callable[[], bool]:

@@ -7,6 +7,7 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import jwt
@@ -14,7 +15,16 @@ import jwt
 from bench import configs
 from bench.configs import Addr, JwtIssuer
 from bench.lab import HOST, Endpoint, Lab, TargetFailed
-from bench.measure import Case, Options, fmt_latency, fmt_rate, say
+from bench.measure import (
+    Case,
+    Options,
+    Run,
+    fmt_latency,
+    fmt_rate,
+    openloop_once,
+    say,
+    undisturbed,
+)
 from bench.report import Bars, ScenarioResult, Table
 
 
@@ -43,6 +53,21 @@ def start_targets(
             result.failures[name] = str(exc)
             say(f"  {name} FAILED: {exc}")
     return started
+
+
+def open_loop(
+    ctx: Context,
+    endpoint: Endpoint,
+    rate: float,
+    connections: int,
+    mix: Sequence[tuple[str, float]] = (("/size/100", 1.0),),
+) -> Run:
+    """One open-loop measurement at `rate`, taken again while other processes disturbed it."""
+    return undisturbed(
+        ctx.lab,
+        ctx.options,
+        partial(openloop_once, ctx.lab, endpoint, rate, ctx.options.duration, connections, mix),
+    )
 
 
 def mint_tokens(issuer: JwtIssuer, secret: str, count: int) -> list[str]:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from bench import configs
 from bench.lab import HOST, TargetFailed
-from bench.measure import fmt_latency, fmt_rate, openloop_once, say, summarize_open, undisturbed
+from bench.measure import fmt_latency, fmt_rate, say, summarize_open
 from bench.report import Bars, ScenarioResult, Table
-from bench.scenarios.common import Context, latency_chart
+from bench.scenarios.common import Context, latency_chart, open_loop
 
 
 @dataclass(frozen=True)
@@ -70,18 +69,7 @@ def run_mixed(ctx: Context) -> ScenarioResult:
             runs[leg] = []
             for repeat in range(ctx.options.repeats):
                 before = backends.requests_served()
-                run = undisturbed(
-                    ctx.lab,
-                    ctx.options,
-                    partial(
-                        openloop_once,
-                        ctx.lab,
-                        endpoint,
-                        rate,
-                        ctx.options.duration,
-                        ctx.options.openloop_connections,
-                    ),
-                )
+                run = open_loop(ctx, endpoint, rate, ctx.options.openloop_connections)
                 after = backends.requests_served()
                 run["served"] = [
                     later - earlier for earlier, later in zip(before, after, strict=True)

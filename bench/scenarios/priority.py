@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 from bench import configs
 from bench.lab import HOST, TargetFailed
-from bench.measure import fmt_latency, openloop_once, say, summarize_open, undisturbed
+from bench.measure import fmt_latency, say, summarize_open
 from bench.report import Bars, ScenarioResult, Table
-from bench.scenarios.common import Context
+from bench.scenarios.common import Context, open_loop
 from bench.stats import spread
 
 CLASSES = ("critical", "high", "normal", "low")
@@ -70,19 +69,7 @@ def run_priority(ctx: Context) -> ScenarioResult:
     for repeat in range(ctx.options.repeats):
         for fraction in ctx.args.overload:
             rate = fraction * capacity
-            run = undisturbed(
-                ctx.lab,
-                ctx.options,
-                partial(
-                    openloop_once,
-                    ctx.lab,
-                    endpoint,
-                    rate,
-                    ctx.options.duration,
-                    ctx.args.priority_connections,
-                    mix,
-                ),
-            )
+            run = open_loop(ctx, endpoint, rate, ctx.args.priority_connections, mix)
             runs[fraction].append(run)
             say(
                 f"  [{repeat + 1}/{ctx.options.repeats}] {fraction:.0%} of capacity:"

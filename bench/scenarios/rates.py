@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from bench.lab import Endpoint
@@ -13,17 +12,16 @@ from bench.measure import (
     closed_loop,
     fmt_latency,
     fmt_rate,
-    openloop_once,
     say,
     summarize_closed,
     summarize_open,
-    undisturbed,
 )
 from bench.report import Lines, ScenarioResult, Table
 from bench.scenarios.common import (
     Context,
     JwtSetup,
     latency_chart,
+    open_loop,
     start_full_path_targets,
 )
 
@@ -60,8 +58,8 @@ def run_openloop(ctx: Context) -> ScenarioResult:
     runs: dict[Point, list[dict[str, Any]]] = {point: [] for point in points}
     for repeat in range(ctx.options.repeats):
         for point in points:
-            run = undisturbed(
-                ctx.lab, ctx.options, partial(_once, ctx, by_name[point.target], point.rate)
+            run = open_loop(
+                ctx, by_name[point.target], point.rate, ctx.options.openloop_connections
             )
             runs[point].append(run)
             say(
@@ -105,12 +103,6 @@ def plan_points(maxima: dict[str, float], fractions: Sequence[float]) -> list[Po
         common = COMMON_FRACTION * maxima["nginx"]
         points += [Point(target, "50% of nginx max", common) for target in maxima]
     return points
-
-
-def _once(ctx: Context, endpoint: Endpoint, rate: float) -> dict[str, Any]:
-    return openloop_once(
-        ctx.lab, endpoint, rate, ctx.options.duration, ctx.options.openloop_connections
-    )
 
 
 def overloaded(point: Point, maxima: dict[str, float]) -> bool:
