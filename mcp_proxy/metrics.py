@@ -59,8 +59,11 @@ class Metrics:
         self.retries = Counter(
             "mcp_proxy_upstream_retries", "Requests sent again to another backend.", registry=r
         )
-        for reason in ("auth", "forbidden", "queue_full", "queue_timeout", "no_backend"):
-            self.rejected.labels(reason)
+        # Each reason's increment, looked up once (`labels()` takes a lock and builds a key).
+        self.count_rejected: dict[str, Callable[[], None]] = {
+            reason: self.rejected.labels(reason).inc
+            for reason in ("auth", "forbidden", "queue_full", "queue_timeout", "no_backend")
+        }
         for result in ("ok", "refused"):
             self.reloads.labels(result)
 

@@ -85,7 +85,8 @@ class Flight:
 class Pipeline:
     def __init__(self, ref: RuntimeRef, metrics: Metrics) -> None:
         self.ref = ref
-        self.metrics = metrics
+        self.count_rejected = metrics.count_rejected
+        self.request_counts = metrics.requests  # bound once: Metrics is not compiled
         self.rng = random.Random()
 
     def dispatch(self, request: Request) -> asyncio.Task[None] | None:
@@ -245,20 +246,20 @@ class Pipeline:
 
     def _count_rejection(self, error: ProxyError) -> None:
         if isinstance(error, AuthError):
-            self.metrics.rejected.labels("auth").inc()
+            self.count_rejected["auth"]()
         elif isinstance(error, Forbidden):
-            self.metrics.rejected.labels("forbidden").inc()
+            self.count_rejected["forbidden"]()
         elif isinstance(error, Rejected):
-            self.metrics.rejected.labels(error.reason).inc()
+            self.count_rejected[error.reason]()
         elif isinstance(error, NoHealthyBackend):
-            self.metrics.rejected.labels("no_backend").inc()
+            self.count_rejected["no_backend"]()
 
     def _record(self, flight: Flight) -> None:
         request, route, outcome = flight.request, flight.route, flight.outcome
         elapsed = monotonic() - request.started
         route_name = route.name if route is not None else "-"
         pool = outcome.backend.pool if outcome.backend is not None else "-"
-        self.metrics.requests.add(route_name, pool, outcome.status)
+        self.request_counts.add(route_name, pool, outcome.status)
         if route is not None:
             route.observe_duration(elapsed)
         if access_log.isEnabledFor(logging.INFO):
