@@ -116,6 +116,11 @@ class Limits(Frozen):
     max_header_bytes: Annotated[Size, Field(ge=1024)] = 64 * 1024
     max_headers: PositiveInt = 100
     max_body_bytes: Size = 1024**3
+    body_timeout: PositiveDuration = 30.0  # most time between two reads of a request body
+    send_timeout: PositiveDuration = 30.0  # most time response bytes may sit unread
+    min_rate: Size = 256  # bytes/s a body or response must move, over 10s windows; 0: off
+    lingering_time: Duration = 5.0  # how long to read and discard after an early answer
+    request_buffer: Size = 64 * 1024  # bodies up to this are read whole before admission
 
 
 def _check_backend_url(url: str) -> str:
@@ -331,6 +336,36 @@ class UpstreamConfig(Frozen):
     idle_timeout: PositiveDuration = 60.0  # a pooled connection unused this long is closed
     max_idle_per_backend: Annotated[StrictInt, Field(ge=0)] = 128
     dns_refresh: PositiveDuration = 30.0  # re-resolve host names at least this often
+    max_response_header_bytes: Annotated[Size, Field(ge=1024)] = 64 * 1024  # more -> 502
+    read_timeout: PositiveDuration = 300.0  # most time between two reads of a response body
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _parse_network(value: object) -> IPNetwork:
+    if not isinstance(value, str):
+        raise ValueError("expected a CIDR string like 10.0.0.0/8 or fd00::/8")
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address or CIDR (10.0.0.0/8, fd00::/8)") from None
+
+
+Network = Annotated[IPNetwork, BeforeValidator(_parse_network)]
+
+
+def is_trusted(peer_ip: str, networks: tuple[IPNetwork, ...]) -> bool:
+    """Is `peer_ip` (IPv4 or IPv6 text, as the socket gives it) inside one of `networks`?"""
+    if not networks:
+        return False  # the usual case costs no parse
+    try:
+        address = ipaddress.ip_address(peer_ip)
+    except ValueError:
+        return False  # not an IP peer (a Unix socket): never a trusted proxy
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
+    return any(address in network for network in networks)
 
 
 class Config(Frozen):
@@ -346,3 +381,9 @@ class Config(Frozen):
     upstream: UpstreamConfig = UpstreamConfig()
     drain_timeout: Duration = 20.0  # SIGTERM: how long in-flight requests may take to finish
     access_log: StrictBool = True
+    trusted_proxies: tuple[Network, ...] = ()  # peers whose X-Forwarded-* are kept
+    headers_with_underscores: Literal["drop", "reject", "allow"] = "drop"
+
+    def is_trusted(self, peer_ip: str) -> bool:
+        """May this peer's X-Forwarded-* headers be kept? (See `is_trusted`.)"""
+        return is_trusted(peer_ip, self.trusted_proxies)

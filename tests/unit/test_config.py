@@ -21,6 +21,8 @@ from mcp_proxy.config.model import (
     HealthConfig,
     Limits,
     OutlierConfig,
+    UpstreamConfig,
+    is_trusted,
 )
 
 REPO = Path(__file__).parents[2]
@@ -154,6 +156,89 @@ def test_default_values_in_numbers() -> None:
         2.0,
     )
     assert (admission.claim, admission.default) == ("priority", "normal")
+
+
+# --- keys added for slow clients, forwarded headers and hostile backends (SPEC.md) -------
+
+
+def test_added_keys_default_to_the_spec_values() -> None:
+    config = parse(MINIMAL, Path("/"))
+    limits, upstream = config.limits, config.upstream
+    assert (limits.body_timeout, limits.send_timeout, limits.min_rate) == (30.0, 30.0, 256)
+    assert (limits.lingering_time, limits.request_buffer) == (5.0, 64 * 1024)
+    assert (upstream.max_response_header_bytes, upstream.read_timeout) == (64 * 1024, 300.0)
+    assert config.trusted_proxies == ()
+    assert config.headers_with_underscores == "drop"
+    assert upstream == UpstreamConfig()
+
+
+def test_added_keys_take_valid_values() -> None:
+    text = MINIMAL + (
+        "limits: {body_timeout: 5s, send_timeout: 1m, min_rate: 1KiB, lingering_time: 0,"
+        " request_buffer: 1MiB}\n"
+        "upstream: {max_response_header_bytes: 8KiB, read_timeout: 90s}\n"
+        "trusted_proxies: [10.0.0.0/8, '192.168.1.7', 'fd00::/8']\n"
+        "headers_with_underscores: reject\n"
+    )
+    config = parse(text, Path("/"))
+    limits = config.limits
+    assert (limits.body_timeout, limits.send_timeout, limits.min_rate) == (5.0, 60.0, 1024)
+    assert (limits.lingering_time, limits.request_buffer) == (0.0, 1024**2)
+    assert (config.upstream.max_response_header_bytes, config.upstream.read_timeout) == (
+        8192,
+        90.0,
+    )
+    assert [str(net) for net in config.trusted_proxies] == [
+        "10.0.0.0/8",
+        "192.168.1.7/32",
+        "fd00::/8",
+    ]
+    assert config.headers_with_underscores == "reject"
+    assert parse(MINIMAL + "limits: {min_rate: 0}\n", Path("/")).limits.min_rate == 0  # off
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("limits: {body_timeout: 0s}", "limits.body_timeout: '0s': must be greater than 0"),
+        ("limits: {send_timeout: soon}", "limits.send_timeout: 'soon': expected a duration"),
+        ("limits: {min_rate: -1}", "limits.min_rate: -1: a size must be >= 0"),
+        ("limits: {lingering_time: -1}", "limits.lingering_time: -1: a duration must be"),
+        ("limits: {request_buffer: lots}", "limits.request_buffer: 'lots': expected a size"),
+        (
+            "upstream: {max_response_header_bytes: 100}",
+            "upstream.max_response_header_bytes: 100: must be at least 1024",
+        ),
+        ("upstream: {read_timeout: 0}", "upstream.read_timeout: 0: must be greater than 0"),
+        (
+            "trusted_proxies: [10.0.0.0/8, 10.0.0.300/8]",
+            "trusted_proxies[1]: '10.0.0.300/8' is not an IP address or CIDR",
+        ),
+        ("trusted_proxies: [5]", "trusted_proxies[0]: 5: expected a CIDR string"),
+        ("trusted_proxies: 10.0.0.0/8", "trusted_proxies: '10.0.0.0/8': expected a list"),
+        (
+            "headers_with_underscores: keep",
+            "headers_with_underscores: 'keep': must be 'drop', 'reject' or 'allow'",
+        ),
+    ],
+)
+def test_added_keys_reject_bad_values(extra: str, message: str) -> None:
+    problem = only_problem(MINIMAL + extra + "\n")
+    assert problem.startswith(message), problem
+    assert problem.endswith(f"(line {len(MINIMAL.splitlines()) + 1})")
+
+
+def test_trusted_peers_v4_v6_and_mapped() -> None:
+    config = parse(MINIMAL + "trusted_proxies: [10.0.0.0/8, '::1', 'fd00::/8']\n", Path("/"))
+    assert config.is_trusted("10.20.30.40")
+    assert config.is_trusted("::ffff:10.1.2.3")  # an IPv4 peer on a dual-stack socket
+    assert config.is_trusted("::1") and config.is_trusted("fd00::17")
+    assert not config.is_trusted("11.0.0.1")
+    assert not config.is_trusted("127.0.0.1")
+    assert not config.is_trusted("fe80::1")
+    assert not config.is_trusted("")  # a peer without an address (a Unix socket)
+    assert not config.is_trusted("not-an-ip")
+    assert not is_trusted("10.0.0.1", ())  # nobody is trusted by default
 
 
 # --- load(): the file, its folder, its version ------------------------------------------
