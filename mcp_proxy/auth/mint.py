@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from mcp_proxy.auth.keys import HMAC_MIN_BYTES, KeySourceError, read_secret
-from mcp_proxy.config.model import parse_duration
+from mcp_proxy.config.units import parse_duration
 
 # Refuse short keys instead of warning: a token minted here should verify at the proxy.
 _STRICT_JWT = jwt.PyJWT(options={"enforce_minimum_key_length": True})

@@ -9,8 +9,6 @@ selector that matches nothing, duplicate route names) live in `config.check`; fi
 from __future__ import annotations
 
 import ipaddress
-import math
-import re
 from collections.abc import Mapping
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -27,54 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-_UNITS_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_UNITS_BYTES = {
-    "": 1,
-    "b": 1,
-    "kb": 1000,
-    "kib": 1024,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "gb": 1000**3,
-    "gib": 1024**3,
-}
-_NUMBER_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-
-
-def parse_duration(value: object) -> float:
-    """`250ms`, `3s`, `1m`, `2h`, or a plain number of seconds -> seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like 250ms, 3s or 1m")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (found := _NUMBER_UNIT.match(value)):
-        number, unit = found.groups()
-        if unit.lower() not in _UNITS_SECONDS:
-            raise ValueError(f"unknown duration unit {unit!r} (use ms, s, m or h)")
-        seconds = float(number) * _UNITS_SECONDS[unit.lower()]
-    else:
-        raise ValueError("expected a duration like 250ms, 3s or 1m")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError("a duration must be a finite number >= 0")
-    return seconds
-
-
-def parse_size(value: object) -> int:
-    """`65536`, `64KiB`, `10MiB`, `1GiB` -> bytes."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size like 64KiB or 10MiB")
-    if isinstance(value, int):
-        size = value
-    elif isinstance(value, str) and (found := _NUMBER_UNIT.match(value)):
-        number, unit = found.groups()
-        if unit.lower() not in _UNITS_BYTES:
-            raise ValueError(f"unknown size unit {unit!r} (use B, KiB, MiB, GiB, KB, MB, GB)")
-        size = int(float(number) * _UNITS_BYTES[unit.lower()])
-    else:
-        raise ValueError("expected a size like 64KiB or 10MiB")
-    if size < 0:
-        raise ValueError("a size must be >= 0")
-    return size
+from mcp_proxy.config.units import parse_duration, parse_size
 
 
 def _positive(value: float) -> float:

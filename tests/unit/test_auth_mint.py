@@ -166,6 +166,8 @@ async def test_command_with_secret_env(capsys, verifier):
         (["--secret-env", "MCP_PROXY_UNSET_VAR"], "MCP_PROXY_UNSET_VAR is not set"),
         (["--secret-env", SECRET_ENV, "--ttl", "soon"], "--ttl 'soon'"),
         (["--secret-env", SECRET_ENV, "--ttl", "0s"], "ttl must be greater than 0"),
+        (["--secret-env", SECRET_ENV, "--ttl", "1h-5m"], "--ttl '1h-5m': expected a duration"),
+        (["--secret-env", SECRET_ENV, "--ttl", "-1"], "--ttl '-1': a duration must be"),
         (["--key", "/nonexistent/key.pem"], "cannot read --key"),
     ],
 )
@@ -178,6 +180,15 @@ def test_command_user_mistakes(monkeypatch, capsys, argv, problem):
     assert err.count("\n") == 1 and err.startswith("mcp-proxy token: ")
     assert problem in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("ttl", "seconds"), [("120", 120), ("1h30m", 5400), ("2m30s", 150)])
+async def test_command_ttl_plain_seconds_and_compound(capsys, verifier, ttl, seconds):
+    argv = ["--secret-env", SECRET_ENV, "--iss", "https://hmac.example.com", "--aud", AUDIENCE]
+    code, out, err = run([*argv, "--ttl", ttl], capsys)
+    assert (code, err) == (0, "")
+    identity = await verifier.verify(out.strip())
+    assert identity.expires_at == pytest.approx(time.time() + seconds, abs=5)
 
 
 def test_command_unsupported_key_file(tmp_path, capsys):

@@ -24,6 +24,7 @@ from mcp_proxy.config.model import (
     UpstreamConfig,
     is_trusted,
 )
+from mcp_proxy.config.units import parse_duration
 
 REPO = Path(__file__).parents[2]
 CONFIG_DIR = REPO / "config"
@@ -407,14 +408,45 @@ def test_missing_key_points_at_its_parent() -> None:
     ("value", "message"),
     [
         ("3 parsecs", "'3 parsecs': unknown duration unit 'parsecs' (use ms, s, m or h)"),
-        ("-1s", "'-1s': expected a duration like 250ms, 3s or 1m"),
+        ("-1s", "'-1s': a duration must be a finite number >= 0"),
         ("-1", "-1: a duration must be a finite number >= 0"),
+        ("'-1'", "'-1': a duration must be a finite number >= 0"),
         ("0s", "'0s': must be greater than 0"),
+        ("1x", "'1x': unknown duration unit 'x' (use ms, s, m or h)"),
+        ("h", "'h': expected a duration like 250ms, 3s or 1m"),
+        ("1h-5m", "'1h-5m': expected a duration like 250ms, 3s or 1m"),
+        ("1h30", "'1h30': give every number of a compound duration a unit, as in 1h30m"),
+        ("30m1h", "'30m1h': give units from largest to smallest, each once, as in 1h30m"),
+        ("1m1m", "'1m1m': give units from largest to smallest, each once, as in 1h30m"),
+        ("1h30x", "'1h30x': unknown duration unit 'x' (use ms, s, m or h)"),
+        ("''", "'': expected a duration like 250ms, 3s or 1m"),
     ],
 )
 def test_bad_duration(value: str, message: str) -> None:
     text = MINIMAL + f"health:\n  interval: {value}\n"
     assert only_problem(text) == f"health.interval: {message} (line {line_of(text, 'interval')})"
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("60", 60.0),
+        ("'60'", 60.0),  # quoted, a plain number is still seconds
+        ("' 1.5 '", 1.5),
+        ("1.5", 1.5),
+        ("250ms", 0.25),
+        ("1h30m", 5400.0),
+        ("1m30s", 90.0),
+        ("2s500ms", 2.5),
+        ("'1h 30m'", 5400.0),
+        ("1h0m5s", 3605.0),
+        ("3S", 3.0),
+    ],
+)
+def test_durations_plain_quoted_and_compound(value: str, seconds: float) -> None:
+    config = parse(MINIMAL + f"health:\n  interval: {value}\n", Path("/"))
+    assert config.health.interval == pytest.approx(seconds)
+    assert parse_duration(value.strip("'")) == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize(
