@@ -1,21 +1,35 @@
 """Checks that need the whole config: names that must refer to something, rules across sections.
 
-They run on a Config pydantic has already validated, so every value has its type; what is
-left are mistakes of meaning: a route naming a pool that does not exist, a route that can
-never match, a route that needs a token when no issuer can verify one. Each problem keeps its
-key path (`routes[2].to.pools[0]`) so `config.load` can add the line it came from.
+They run on values pydantic has validated, so every value has its type; what is left are
+mistakes of meaning: a route naming a pool that does not exist, a route that can never match,
+a route that needs a token when no issuer can verify one. They read a `Parts` view rather than
+a whole Config so that they also run when a shape problem elsewhere keeps the file from
+validating (`Parts.salvage`): both kinds of problem then come out of one `check`. Each problem
+keeps its key path (`routes[2].to.pools[0]`) so `config.load` can add the line it came from.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from mcp_proxy.config.model import Config, RouteConfig
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from mcp_proxy.config.model import (
+    Address,
+    AdmissionConfig,
+    AuthConfig,
+    Config,
+    IssuerConfig,
+    PoolConfig,
+    RouteConfig,
+)
 from mcp_proxy.routing import covers
 
 KeyPath = tuple[object, ...]  # dict keys as written, list indexes as ints
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,28 +58,111 @@ def format_path(path: KeyPath) -> str:
     return text
 
 
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What the checks of meaning read: a valid Config, or those parts of a file that validated.
+
+    A part that did not validate is left out (None, or missing from a list), and every check
+    that needs it is skipped: a shape problem must not cause a false problem of meaning.
+    """
+
+    pools: Mapping[str, PoolConfig | None] | None  # None value: that pool did not validate
+    routes: Sequence[tuple[int, RouteConfig]]  # with each route's index in the file
+    issuers: Sequence[tuple[int, IssuerConfig]]
+    issuer_count: int | None  # issuers written in the file; None: auth did not validate
+    auth_default: str | None
+    classes: tuple[str, ...] | None
+    addresses: tuple[tuple[str, int], tuple[str, int]] | None
+
+    @classmethod
+    def of(cls, config: Config) -> Parts:
+        issuers = config.auth.issuers
+        return cls(
+            pools=config.pools,
+            routes=list(enumerate(config.routes)),
+            issuers=list(enumerate(issuers)),
+            issuer_count=len(issuers),
+            auth_default=config.auth.default,
+            classes=config.admission.classes,
+            addresses=(config.listen, config.admin),
+        )
+
+    @classmethod
+    def salvage(cls, data: Mapping[str, Any]) -> Parts:
+        """The parts of raw config data that validate on their own (data failed as a whole)."""
+        raw_auth = data.get("auth", {})
+        auth = _valid(AuthConfig, raw_auth)
+        raw_issuers = raw_auth.get("issuers") if isinstance(raw_auth, dict) else None
+        admission = _valid(AdmissionConfig, data.get("admission", {}))
+        listen = _address(data, "listen", ("127.0.0.1", 8080))
+        admin = _address(data, "admin", ("127.0.0.1", 9901))
+        return cls(
+            pools=_salvage_pools(data.get("pools")),
+            routes=_valid_items(RouteConfig, data.get("routes")),
+            issuers=_valid_items(IssuerConfig, raw_issuers),
+            issuer_count=len(auth.issuers) if auth is not None else None,
+            auth_default=auth.default if auth is not None else None,
+            classes=admission.classes if admission is not None else None,
+            addresses=(listen, admin) if listen is not None and admin is not None else None,
+        )
+
+
+def _valid(model: type[M], value: object) -> M | None:
+    try:
+        return model.model_validate(value)
+    except ValidationError:
+        return None
+
+
+def _valid_items(model: type[M], items: object) -> list[tuple[int, M]]:
+    if not isinstance(items, list):
+        return []
+    valid = ((index, _valid(model, item)) for index, item in enumerate(items))
+    return [(index, item) for index, item in valid if item is not None]
+
+
+def _salvage_pools(pools: object) -> dict[str, PoolConfig | None] | None:
+    if not isinstance(pools, dict) or not all(isinstance(name, str) for name in pools):
+        return None  # which pools exist is not known: skip the checks that name them
+    return {name: _valid(PoolConfig, pool) for name, pool in pools.items()}
+
+
+_ADDRESS: TypeAdapter[tuple[str, int]] = TypeAdapter(Address)
+
+
+def _address(data: Mapping[str, Any], key: str, default: tuple[str, int]) -> tuple[str, int] | None:
+    if key not in data:
+        return default
+    try:
+        return _ADDRESS.validate_python(data[key])
+    except ValidationError:
+        return None
+
+
 def check(config: Config) -> list[str]:
     """Every problem of meaning in `config`, one readable line each (no line numbers)."""
-    return [problem.render() for problem in find_problems(config)]
+    return [problem.render() for problem in find_problems(Parts.of(config))]
 
 
-def find_problems(config: Config) -> list[Problem]:
+def find_problems(parts: Parts) -> list[Problem]:
     return [
-        *_address_problems(config),
-        *_issuer_problems(config),
-        *_route_name_problems(config),
+        *_address_problems(parts),
+        *_issuer_problems(parts),
+        *_route_name_problems(parts),
         *(
             problem
-            for index, route in enumerate(config.routes)
-            for problem in _route_problems(config, index, route)
+            for index, route in parts.routes
+            for problem in _route_problems(parts, index, route)
         ),
-        *_shadowed_routes(config),
-        *_implicit_auth_problems(config),
+        *_shadowed_routes(parts),
+        *_implicit_auth_problems(parts),
     ]
 
 
-def _address_problems(config: Config) -> Iterator[Problem]:
-    (listen_host, listen_port), (admin_host, admin_port) = config.listen, config.admin
+def _address_problems(parts: Parts) -> Iterator[Problem]:
+    if parts.addresses is None:
+        return
+    (listen_host, listen_port), (admin_host, admin_port) = parts.addresses
     if listen_port == 0 or listen_port != admin_port:  # port 0: the OS picks two ports
         return
     if listen_host == admin_host or _is_wildcard(listen_host) or _is_wildcard(admin_host):
@@ -83,9 +180,9 @@ def _is_wildcard(host: str) -> bool:
         return host == ""
 
 
-def _issuer_problems(config: Config) -> Iterator[Problem]:
+def _issuer_problems(parts: Parts) -> Iterator[Problem]:
     first_index: dict[str, int] = {}
-    for index, issuer in enumerate(config.auth.issuers):
+    for index, issuer in parts.issuers:
         if issuer.issuer in first_index:
             yield Problem(
                 ("auth", "issuers", index, "issuer"),
@@ -95,9 +192,9 @@ def _issuer_problems(config: Config) -> Iterator[Problem]:
         first_index.setdefault(issuer.issuer, index)
 
 
-def _route_name_problems(config: Config) -> Iterator[Problem]:
+def _route_name_problems(parts: Parts) -> Iterator[Problem]:
     first_index: dict[str, int] = {}
-    for index, route in enumerate(config.routes):
+    for index, route in parts.routes:
         if route.name in first_index:
             yield Problem(
                 ("routes", index, "name"),
@@ -107,35 +204,41 @@ def _route_name_problems(config: Config) -> Iterator[Problem]:
         first_index.setdefault(route.name, index)
 
 
-def _route_problems(config: Config, index: int, route: RouteConfig) -> Iterator[Problem]:
-    yield from _target_problems(config, index, route)
+def _route_problems(parts: Parts, index: int, route: RouteConfig) -> Iterator[Problem]:
+    yield from _target_problems(parts, index, route)
     yield from _match_problems(index, route)
-    classes = config.admission.classes
-    if route.priority is not None and route.priority not in classes:
+    classes = parts.classes
+    if route.priority is not None and classes is not None and route.priority not in classes:
         yield Problem(
             ("routes", index, "priority"),
             f"{route.priority!r} is not one of admission.classes ({', '.join(classes)})",
         )
     needs_token = route.auth is not None and route.auth != "none"
-    if needs_token and not config.auth.issuers:
+    if needs_token and parts.issuer_count == 0:
         yield Problem(
             ("routes", index, "auth"),
             "this route needs a token, but auth.issuers is empty: nothing could verify one",
         )
 
 
-def _target_problems(config: Config, index: int, route: RouteConfig) -> Iterator[Problem]:
-    known = ", ".join(config.pools)
+def _target_problems(parts: Parts, index: int, route: RouteConfig) -> Iterator[Problem]:
+    pools = parts.pools
+    if pools is None:
+        return
+    known = ", ".join(pools)
     seen: set[str] = set()
     for position, pool in enumerate(route.to.pools or ()):
         path = ("routes", index, "to", "pools", position)
-        if pool not in config.pools:
+        if pool not in pools:
             yield Problem(path, f"unknown pool {pool!r} (known: {known})")
         elif pool in seen:
             yield Problem(path, f"pool {pool!r} is named twice")
         seen.add(pool)
     selector = route.to.selector
-    if selector is not None and not any(pool.matches(selector) for pool in config.pools.values()):
+    # A pool that did not validate might carry the labels: then say nothing.
+    if selector is None or None in pools.values():
+        return
+    if not any(pool is not None and pool.matches(selector) for pool in pools.values()):
         wanted = ", ".join(f"{key}: {value}" for key, value in selector.items())
         yield Problem(("routes", index, "to", "selector"), f"{{{wanted}}} matches no pool's labels")
 
@@ -163,11 +266,10 @@ def _has_port(host: str) -> bool:
     return host.count(":") == 1  # more colons: a bare IPv6 address
 
 
-def _shadowed_routes(config: Config) -> Iterator[Problem]:
-    routes = config.routes
-    for later_index, later in enumerate(routes):
-        for earlier_index in range(later_index):
-            earlier = routes[earlier_index]
+def _shadowed_routes(parts: Parts) -> Iterator[Problem]:
+    routes = parts.routes
+    for position, (later_index, later) in enumerate(routes):
+        for earlier_index, earlier in routes[:position]:
             if covers(earlier.match, later.match):
                 yield Problem(
                     ("routes", later_index, "match"),
@@ -178,11 +280,11 @@ def _shadowed_routes(config: Config) -> Iterator[Problem]:
                 break
 
 
-def _implicit_auth_problems(config: Config) -> Iterator[Problem]:
+def _implicit_auth_problems(parts: Parts) -> Iterator[Problem]:
     """Routes without their own `auth` follow auth.default; one problem for all of them."""
-    if config.auth.default != "required" or config.auth.issuers:
+    if parts.auth_default != "required" or parts.issuer_count != 0:
         return
-    names = [route.name for route in config.routes if route.auth is None]
+    names = [route.name for _, route in parts.routes if route.auth is None]
     if names:
         yield Problem(
             ("auth", "default"),

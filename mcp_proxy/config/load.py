@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from mcp_proxy.config.check import KeyPath, Problem, find_problems
+from mcp_proxy.config.check import KeyPath, Parts, Problem, find_problems
 from mcp_proxy.config.model import Config, IssuerConfig
 
 __all__ = ["ConfigError", "LoadedConfig", "load", "parse", "resolve_path"]
@@ -88,14 +88,19 @@ def parse(text: str, base_dir: Path) -> Config:
         if data is not None or not problems:  # else: the YAML itself is broken, said already
             problems.append(_top_level_problem(data))
         raise ConfigError(_render(problems, lines))
+    base_dir = base_dir.absolute()
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
+        # Still check the meaning of the parts that validated: one run lists both kinds.
+        parts = Parts.salvage(data)
         problems.extend(_validation_problems(exc, data))
+        problems.extend(find_problems(parts))
+        problems.extend(_key_file_problems(parts, base_dir))
         raise ConfigError(_render(problems, lines)) from None
-    base_dir = base_dir.absolute()
-    problems.extend(find_problems(config))
-    problems.extend(_key_file_problems(config, base_dir))
+    parts = Parts.of(config)
+    problems.extend(find_problems(parts))
+    problems.extend(_key_file_problems(parts, base_dir))
     if problems:
         raise ConfigError(_render(problems, lines))
     return _with_absolute_paths(config, base_dir)
@@ -414,8 +419,8 @@ def _members(annotation: object) -> list[object]:
 # --- files the config names --------------------------------------------------------------
 
 
-def _key_file_problems(config: Config, base_dir: Path) -> Iterator[Problem]:
-    for index, issuer in enumerate(config.auth.issuers):
+def _key_file_problems(parts: Parts, base_dir: Path) -> Iterator[Problem]:
+    for index, issuer in parts.issuers:
         if issuer.jwks_file is not None:
             path = ("auth", "issuers", index, "jwks_file")
             for message in jwks_file_problems(resolve_path(base_dir, issuer.jwks_file), issuer):

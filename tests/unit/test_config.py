@@ -663,6 +663,73 @@ def test_route_host_with_a_port_and_header_given_twice() -> None:
     ]
 
 
+def test_problems_of_meaning_are_listed_beside_a_shape_problem() -> None:
+    text = (
+        POOLS
+        + NO_AUTH
+        + "routes:\n"
+        + "  - {name: all, match: {path_prefix: /a}, to: {pools: [dc2]}}\n"
+        + "  - {name: all, match: {path_prefix: /x}, to: {pools: [dc1]}}\n"
+        + "limits: {max_headers: lots}\n"
+    )
+    assert [problem.split(" (line")[0] for problem in problems(text)] == [
+        "routes[0].to.pools[0]: unknown pool 'dc2' (known: dc1)",
+        "routes[1].name: 'all' is already the name of routes[0]: route names label metrics "
+        "and must be unique",
+        "limits.max_headers: 'lots': expected a whole number",
+    ]
+
+
+def test_a_route_that_fails_its_shape_keeps_the_others_indexes() -> None:
+    text = (
+        POOLS
+        + NO_AUTH
+        + (
+            "routes:\n"
+            "  - {name: bad, to: {pools: [dc1]}, retries: many}\n"
+            "  - {name: next, to: {pools: [nowhere]}}\n"
+        )
+    )
+    assert [problem.split(" (line")[0] for problem in problems(text)] == [
+        "routes[0].retries: 'many': expected a whole number",
+        "routes[1].to.pools[0]: unknown pool 'nowhere' (known: dc1)",
+    ]
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        # A pool that fails might carry the selector's labels: no "matches no pool".
+        POOLS.replace("kind: on-prem", "kind: moon")
+        + NO_AUTH
+        + ROUTES.replace("{pools: [dc1]}", "{selector: {env: prod}}"),
+        # An issuer that fails still counts: no "auth.issuers is empty".
+        POOLS + "auth:\n" + ISSUER % "algorithms: [RS256]" + ROUTES,
+        # admission that fails: its classes are unknown, so no priority problem.
+        MINIMAL + "    priority: urgent\nadmission: {classes: [urgent], max_queue: -1}\n",
+        # pools that is not a mapping: no "unknown pool" for every route.
+        "pools: [dc1]\n" + NO_AUTH + ROUTES,
+        # listen that fails: no overlap with admin is claimed.
+        MINIMAL + "listen: 'x:99999'\nadmin: 0.0.0.0:9901\n",
+    ],
+)
+def test_a_shape_problem_causes_no_false_problem_of_meaning(broken: str) -> None:
+    assert len(problems(broken)) == 1, problems(broken)
+
+
+def test_listen_overlapping_admin_is_found_beside_a_shape_problem() -> None:
+    text = MINIMAL + "listen: 0.0.0.0:9901\nlimits: {max_headers: lots}\n"
+    assert [problem.split(":")[0] for problem in problems(text)] == ["limits.max_headers", "admin"]
+
+
+def test_jwks_file_is_checked_beside_a_shape_problem(tmp_path: Path) -> None:
+    text = issuer_config(jwks_file="absent.json") + "limits: {max_headers: lots}\n"
+    assert [problem.split(":")[0] for problem in problems(text, tmp_path)] == [
+        "auth.issuers[0].jwks_file",
+        "limits.max_headers",
+    ]
+
+
 def test_check_without_lines() -> None:
     config = parse(MINIMAL, Path("/"))
     assert check(config) == []
