@@ -186,6 +186,12 @@ def _add_options(sub: argparse.ArgumentParser) -> None:
         default=parse_size("100MiB"),
         help="memory: reader bytes/s",
     )
+    scenario.add_argument(
+        "--defence",
+        choices=("on", "off"),
+        default="on",
+        help="slow: off leaves SPEC.md's slow-client limits out of the config (the before figures)",
+    )
 
 
 def resolve(names: Sequence[str]) -> list[Scenario]:
@@ -207,6 +213,7 @@ def preflight(
     tools = {"wrk"} if any(scenario.uses_wrk for scenario in scenarios) else set()
     for scenario in scenarios:
         tools |= {TARGET_TOOLS[t] for t in targets_for(scenario, args.targets) if t in TARGET_TOOLS}
+        tools |= set(scenario.tools)
     if args.backend == "nginx":
         tools.add("nginx")
     if args.halt_poll_ns is not None and not os.access(HALT_POLL, os.W_OK):

@@ -13,6 +13,7 @@ from bench.scenarios.memory import run_memory
 from bench.scenarios.mixed import run_mixed
 from bench.scenarios.priority import run_priority
 from bench.scenarios.rates import run_openloop
+from bench.scenarios.slow import run_slow
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Scenario:
     uses_wrk: bool
     fixed_targets: tuple[str, ...] | None = None  # the targets it can use (None: any)
     backends: int = 1
+    tools: tuple[str, ...] = ()  # programs it runs besides the targets and wrk
 
 
 _ALL_LISTED = (
@@ -93,7 +95,18 @@ _ALL_LISTED = (
         uses_wrk=False,
         fixed_targets=("mcp-proxy", "nginx", "haproxy"),
     ),
+    Scenario(
+        "slow",
+        "mcp-proxy under slowhttptest (slow body, slow read): does a normal client still get"
+        " served, and what RSS does it cost",
+        run_slow,
+        duration=30.0,
+        warmup=0.0,
+        uses_wrk=False,
+        fixed_targets=("mcp-proxy",),
+        tools=("slowhttptest",),
+    ),
 )
 SCENARIOS = {scenario.name: scenario for scenario in _ALL_LISTED}
 
-ALL = ("compare", "openloop", "mixed", "priority", "jwt", "memory")
+ALL = ("compare", "openloop", "mixed", "priority", "jwt", "memory")  # slow: by name
