@@ -15,13 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import struct
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
+
+from tests.integration.harness import eventually, free_port
+
 Answer = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+REPO = Path(__file__).resolve().parents[2]
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
 
@@ -239,3 +247,53 @@ def raw_config(*backends: Any, **extra: Any) -> dict[str, Any]:
     }
     config.update(extra)
     return config
+
+
+class ProcessProxy:
+    """`mcp-proxy run` in a child process: the shipped event loop (uvloop), its own stderr.
+
+    Some failures (a write on a closed uvloop transport raises; asyncio's only logs) show only
+    on the loop the proxy really runs on, so tests of them run the real command too.
+    """
+
+    def __init__(self, process: asyncio.subprocess.Process, port: int, admin: int) -> None:
+        self.process = process
+        self.port = port
+        self.admin = admin
+        self.stderr = ""
+
+    @classmethod
+    async def start(cls, tmp_path: Path, config: dict[str, Any]) -> ProcessProxy:
+        port, admin = free_port(), free_port()
+        config = {**config, "listen": f"127.0.0.1:{port}", "admin": f"127.0.0.1:{admin}"}
+        path = tmp_path / "process-proxy.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mcp_proxy", "run", "-c", str(path),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+        )  # fmt: skip
+        proxy = cls(process, port, admin)
+        await eventually(proxy._ready, timeout=20)
+        return proxy
+
+    async def _ready(self) -> bool:
+        assert self.process.returncode is None, "mcp-proxy run exited"
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.admin)
+        except OSError:
+            return False
+        writer.write(b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        return answer.startswith(b"HTTP/1.1 200")
+
+    async def stop(self) -> None:
+        """SIGTERM, then keep what it wrote on stderr in `stderr`."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            _, err = await asyncio.wait_for(self.process.communicate(), 25)
+        except TimeoutError:
+            self.process.kill()
+            _, err = await self.process.communicate()
+        self.stderr = err.decode(errors="replace")
