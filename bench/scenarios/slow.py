@@ -22,6 +22,7 @@ from bench.cpus import pinned_argv
 from bench.lab import HOST, Endpoint, TargetFailed
 from bench.measure import say
 from bench.memclient import content_length, settled
+from bench.preflight import OtherLoad, our_cpu_seconds
 from bench.report import ScenarioResult, Table
 from bench.scenarios.common import Context, JwtSetup
 from bench.slowhttp import ATTACKS, AttackPlan, Probe, attack_argv, is_stable, summarise_attack
@@ -95,7 +96,7 @@ def run_slow(ctx: Context) -> ScenarioResult:
             ctx.lab.stop(endpoint)
         say(f"  {plan.name}: {_line(found[plan.name])}")
     result.tables.append(_table(found))
-    result.notes += _notes(found)
+    result.notes += _notes(found, ctx.options.max_others)
     result.data = {"defence": defence, "limits": config["limits"], "attacks": found}
     return result
 
@@ -113,9 +114,11 @@ def _attack(
     headers = {"Authorization": f"Bearer {jwt_setup.token()}"}
     idle = settled(service.rss_bytes)
     say(f"  [{plan.name}] {' '.join(argv)}")
+    others = OtherLoad(lambda: our_cpu_seconds(ctx.lab.our_pids()))
     code, probes, peak = asyncio.run(
         _under_attack(argv, log, endpoint.port, headers, seconds, service.rss_bytes)
     )
+    others_cpu = round(others.cpus(), 3)
     after, after_readings = _after(service.rss_bytes)
     csv_path = prefix.with_suffix(".csv")
     return {
@@ -129,6 +132,7 @@ def _attack(
         "rss_mib": {"idle": idle / MIB, "peak": max(peak, idle) / MIB, "after": after / MIB},
         "rss_after_mib": [reading / MIB for reading in after_readings],  # one a second
         "alive_after": service.exit_code() is None,
+        "others_cpu": others_cpu,  # CPUs' worth other processes used during the attack
     }
 
 
@@ -257,7 +261,7 @@ def _table(found: Mapping[str, Mapping[str, Any]]) -> Table:
     return Table("slow clients (slowhttptest) and a normal client", columns, rows)
 
 
-def _notes(found: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def _notes(found: Mapping[str, Mapping[str, Any]], max_others: float) -> list[str]:
     notes = [
         "normal client latency counts from when each request was due, over every request:"
         f" a failed one at the time it failed (a timeout at {NORMAL_TIMEOUT_S:g} s)"
@@ -267,6 +271,11 @@ def _notes(found: Mapping[str, Mapping[str, Any]]) -> list[str]:
         if client["errors"] or set(client["statuses"]) - {"200"}:
             notes.append(
                 f"{name}: normal client answers {client['statuses']}, failures {client['errors']}"
+            )
+        if attack["others_cpu"] > max_others:
+            notes.append(
+                f"{name}: **disturbed**: other processes used {attack['others_cpu']:.2f} CPU"
+                " during the attack"
             )
         if not attack["alive_after"]:
             notes.append(f"{name}: **mcp-proxy exited** during or after the attack")
