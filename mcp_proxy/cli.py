@@ -80,6 +80,8 @@ def check(path: str) -> int:
     loaded = _load_or_report(path)
     if loaded is None:
         return 2
+    if not _environment_ok(path, loaded):
+        return 2
     config = loaded.config
     backends = sum(len(pool.backends) for pool in config.pools.values())
     print(
@@ -87,6 +89,19 @@ def check(path: str) -> int:
         f"{backends} backends, {loaded.version[:19]})"
     )
     return 0
+
+
+def _environment_ok(path: str, loaded: LoadedConfig) -> bool:
+    """Print what `run` would refuse about the environment; False if it would refuse here."""
+    from mcp_proxy.config.environ import secret_env_findings
+    from mcp_proxy.config.load import render_for
+
+    findings = secret_env_findings(loaded.config)
+    for warning in render_for(findings.warnings, loaded.text):
+        print(f"{path}: warning: {warning}", file=sys.stderr)
+    for problem in render_for(findings.problems, loaded.text):
+        print(f"{path}: {problem}", file=sys.stderr)
+    return not findings.problems
 
 
 def run(path: str, log_level: str = "info") -> int:

@@ -106,6 +106,11 @@ def parse(text: str, base_dir: Path) -> Config:
     return _with_absolute_paths(config, base_dir)
 
 
+def render_for(problems: list[Problem], text: str) -> list[str]:
+    """Problems found after loading (see `config.environ`), with lines from the config text."""
+    return _render(problems, _read_yaml(text)[1])
+
+
 def _render(problems: list[Problem], lines: LineMap) -> list[str]:
     """Problems in the order of the file, each with its line where one is known."""
     placed = [(problem.line or _line_of(problem.path, lines), problem) for problem in problems]

@@ -114,3 +114,78 @@ async def test_token_command_prints_a_token(monkeypatch):
     )
     assert code == 0, err
     assert out.strip().count(".") == 2
+
+
+HMAC_CONFIG = """\
+pools:
+  a: {kind: on-prem, backends: [{url: 'http://127.0.0.1:9'}]}
+auth:
+  issuers:
+    - {issuer: https://idp, audiences: [api], algorithms: [HS256], secret_env: MCP_CLI_SECRET}
+routes:
+  - {name: r, to: {pools: [a]}}
+"""
+
+
+async def test_check_warns_of_an_unset_secret_env_and_exits_0(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("MCP_CLI_SECRET", raising=False)
+    path = tmp_path / "hmac.yaml"
+    path.write_text(HMAC_CONFIG)
+    code, out, err = await run_cli("check", "-c", str(path))
+    assert code == 0, err
+    assert err == (
+        f"{path}: warning: auth.issuers[0].secret_env: environment variable MCP_CLI_SECRET is "
+        "not set here; run refuses to start unless it is (line 5)\n"
+    )
+    assert ": ok (" in out
+
+
+async def test_check_refuses_an_empty_or_short_secret_env(tmp_path: Path, monkeypatch):
+    path = tmp_path / "hmac.yaml"
+    path.write_text(HMAC_CONFIG)
+    for value, message in [("", "is empty"), ("short", "is 5 bytes; HS256 needs 32")]:
+        monkeypatch.setenv("MCP_CLI_SECRET", value)
+        code, out, err = await run_cli("check", "-c", str(path))
+        assert (code, out) == (2, "")
+        assert err.count("\n") == 1 and message in err and "(line 5)" in err, err
+    monkeypatch.setenv("MCP_CLI_SECRET", "s" * 32)
+    code, _, err = await run_cli("check", "-c", str(path))
+    assert (code, err) == (0, "")
+
+
+async def test_check_lists_a_shape_and_a_cross_reference_problem_together(tmp_path: Path):
+    path = tmp_path / "both.yaml"
+    path.write_text(
+        "pools:\n  a: {kind: on-prem, backends: [{url: 'http://127.0.0.1:9'}]}\n"
+        "auth: {default: none}\n"
+        "limits: {max_headers: lots}\n"
+        "routes:\n  - {name: r, to: {pools: [b]}}\n"
+    )
+    code, _, err = await run_cli("check", "-c", str(path))
+    assert code == 2
+    assert err.splitlines() == [
+        f"{path}: limits.max_headers: 'lots': expected a whole number (line 4)",
+        f"{path}: routes[0].to.pools[0]: unknown pool 'b' (known: a) (line 6)",
+    ]
+
+
+async def test_token_ttl_in_plain_seconds_or_compound(monkeypatch):
+    import jwt
+
+    monkeypatch.setenv("MCP_TEST_SECRET", "s" * 48)
+    base = ("token", "--secret-env", "MCP_TEST_SECRET", "--iss", "https://idp", "--aud", "api")
+    for ttl, seconds in [("120", 120), ("1h30m", 5400)]:
+        code, out, err = await run_cli(*base, "--ttl", ttl)
+        assert code == 0, err
+        claims = jwt.decode(out.strip(), options={"verify_signature": False})
+        assert claims["exp"] - claims["iat"] == seconds
+    code, out, err = await run_cli(*base, "--ttl", "1h-5m")
+    assert (code, out) == (2, "")
+    assert err == ("mcp-proxy token: --ttl '1h-5m': expected a duration like 250ms, 3s or 1m\n")
+
+
+def test_license_ships_the_apache_2_text() -> None:
+    # setuptools >= 77 (the build-system pin) ships LICEN[CS]E* by default (PEP 639).
+    text = (REPO / "LICENSE").read_text()
+    assert text.split()[:4] == ["Apache", "License", "Version", "2.0,"]
+    assert "END OF TERMS AND CONDITIONS" in text and "Copyright [yyyy]" in text

@@ -14,6 +14,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from mcp_proxy.config import Config, ConfigError, LoadedConfig, load, parse
 from mcp_proxy.config.check import Problem, check, format_path
+from mcp_proxy.config.environ import secret_env_findings
 from mcp_proxy.config.load import resolve_path
 from mcp_proxy.config.model import (
     AdmissionConfig,
@@ -816,3 +817,32 @@ def test_demo_key_signs_tokens_the_shipped_jwks_verifies() -> None:
     ]
     key = jwt.PyJWKSet.from_dict(jwks)["demo-es256"]
     assert jwt.decode(token, key, algorithms=["ES256"]) == {"sub": "demo"}
+
+
+# --- what `run` refuses about the environment (check reports it) --------------------------
+
+HMAC_ISSUER = (
+    POOLS + "auth:\n" + ISSUER % "algorithms: [HS256, HS512], secret_env: MCP_KEY" + ROUTES
+)
+
+
+@pytest.mark.parametrize(
+    ("environ", "warnings", "found"),
+    [
+        (
+            {},
+            ["environment variable MCP_KEY is not set here; run refuses to start unless it is"],
+            [],
+        ),
+        ({"MCP_KEY": ""}, [], ["environment variable MCP_KEY is empty"]),
+        ({"MCP_KEY": "s" * 40}, [], ["the secret in MCP_KEY is 40 bytes; HS512 needs 64"]),
+        ({"MCP_KEY": "s" * 64}, [], []),
+    ],
+)
+def test_secret_env_findings(
+    environ: dict[str, str], warnings: list[str], found: list[str]
+) -> None:
+    findings = secret_env_findings(parse(HMAC_ISSUER, Path("/")), environ)
+    path = "auth.issuers[0].secret_env: "
+    assert [problem.render() for problem in findings.warnings] == [path + w for w in warnings]
+    assert [problem.render() for problem in findings.problems] == [path + p for p in found]
