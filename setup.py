@@ -14,6 +14,13 @@ from __future__ import annotations
 
 import os
 import sys
+
+# Before anything newer than 3.10 is imported: an older pip runs this file before it checks
+# requires-python, and would end in "No module named 'tomllib'" instead of saying why.
+if sys.version_info < (3, 11):  # noqa: UP036 - the point: say so on 3.10 and older
+    major, minor = sys.version_info[:2]
+    sys.exit(f"mcp-proxy needs Python 3.11 or newer; this is {major}.{minor}")
+
 import tomllib
 from pathlib import Path
 from typing import Any
