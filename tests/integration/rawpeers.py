@@ -51,8 +51,17 @@ class RawClient:
     timeout: float = 5.0
 
     @classmethod
-    async def open(cls, port: int, timeout: float = 5.0) -> RawClient:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def open(cls, port: int, timeout: float = 5.0, rcvbuf: int = 0) -> RawClient:
+        """A connection; `rcvbuf` > 0 shrinks its receive buffer first (a slow reader that
+        does not make the kernel hold megabytes for it)."""
+        if not rcvbuf:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            return cls(reader, writer, timeout)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=rcvbuf)
         return cls(reader, writer, timeout)
 
     async def send(self, data: bytes) -> None:
@@ -74,6 +83,19 @@ class RawClient:
         except ConnectionError:
             return True
         return True
+
+    async def drain(self, timeout: float) -> tuple[int, bool]:
+        """Read and drop until EOF or `timeout`: (bytes read, whether the proxy closed)."""
+        count = 0
+        try:
+            async with asyncio.timeout(timeout):
+                while chunk := await self.reader.read(65536):
+                    count += len(chunk)
+        except TimeoutError:
+            return count, False
+        except ConnectionError:
+            pass
+        return count, True
 
     async def rest(self, timeout: float) -> bytes:
         """Everything the proxy sends until it closes or `timeout` passes."""
