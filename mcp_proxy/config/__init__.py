@@ -2,7 +2,10 @@
 
 - `model.py`: the typed, frozen shape; field by field checks (pydantic).
 - `check.py`: checks of meaning across sections (unknown pools, unreachable routes, ...).
-- `load.py`: YAML with line numbers, pydantic errors as readable lines, files the config names.
+- `load.py`: YAML with line numbers, pydantic errors as readable lines.
+- `keyfiles.py`: the files the config names (`jwks_file`) exist, parse and fit their issuer.
+- `units.py`: durations and sizes (`1h30m`, `64KiB`), shared with the command line.
+- `environ.py`: what `run` would refuse about the environment (`secret_env`); `check` prints it.
 
 `load(path)` is what `mcp-proxy run` / `check` and a reload call; it raises `ConfigError`
 whose `problems` are one line each, e.g.
