@@ -152,6 +152,7 @@ class Probe:
     status: int | None
     seconds: float
     error: str = ""
+    at: float = 0.0  # when it was due, seconds from the client's start
 
 
 def summarise_probes(probes: Sequence[Probe]) -> dict[str, Any]:
@@ -165,9 +166,15 @@ def summarise_probes(probes: Sequence[Probe]) -> dict[str, Any]:
         else:
             statuses[str(probe.status)] = statuses.get(str(probe.status), 0) + 1
     ordered = sorted(probe.seconds for probe in probes)
+    ok_at = [probe.at for probe in probes if probe.status == 200]
+    failed_at = [probe.at for probe in probes if probe.status != 200]
     return {
         "total": len(probes),
         "ok": statuses.get("200", 0),
+        # when starvation set in and whether it lifted: the schedule times of the first
+        # request not answered 200 and of the last one answered 200
+        "first_failed_at_s": min(failed_at, default=None),
+        "last_ok_at_s": max(ok_at, default=None),
         "statuses": statuses,
         "errors": errors,
         "latency_ms": {f"p{q:g}": percentile(ordered, q) * 1000 for q in (50.0, 99.0) if ordered},

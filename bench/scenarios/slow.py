@@ -200,11 +200,11 @@ async def _normal_client(
     for index in range(int(rate * seconds)):
         due = start + index / rate
         await asyncio.sleep(max(0.0, due - loop.time()))  # the schedule, not a wait for state
-        tasks.append(asyncio.create_task(_get(port, request, due)))
+        tasks.append(asyncio.create_task(_get(port, request, due, due - start)))
     return list(await asyncio.gather(*tasks))
 
 
-async def _get(port: int, request: bytes, due: float) -> Probe:
+async def _get(port: int, request: bytes, due: float, at: float) -> Probe:
     loop = asyncio.get_running_loop()
     writer: asyncio.StreamWriter | None = None
     try:
@@ -214,9 +214,9 @@ async def _get(port: int, request: bytes, due: float) -> Probe:
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head.split(b" ", 2)[1])
             await reader.readexactly(content_length(head))
-        return Probe(status, loop.time() - due)
+        return Probe(status, loop.time() - due, at=at)
     except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
-        return Probe(None, loop.time() - due, type(exc).__name__)
+        return Probe(None, loop.time() - due, type(exc).__name__, at)
     finally:
         if writer is not None:
             writer.close()
@@ -270,7 +270,9 @@ def _notes(found: Mapping[str, Mapping[str, Any]], max_others: float) -> list[st
         client = attack["client"]
         if client["errors"] or set(client["statuses"]) - {"200"}:
             notes.append(
-                f"{name}: normal client answers {client['statuses']}, failures {client['errors']}"
+                f"{name}: normal client answers {client['statuses']}, failures {client['errors']};"
+                f" first not 200 sent at {_at(client['first_failed_at_s'])}, last 200 sent at"
+                f" {_at(client['last_ok_at_s'])} (of {client['total'] / NORMAL_RATE:g} s)"
             )
         if attack["others_cpu"] > max_others:
             notes.append(
@@ -282,3 +284,7 @@ def _notes(found: Mapping[str, Mapping[str, Any]], max_others: float) -> list[st
         exit_text = attack["slowhttptest"]["exit"] or f"exit code {attack['exit_code']}"
         notes.append(f"{name}: slowhttptest ended with: {exit_text}")
     return notes
+
+
+def _at(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f} s"

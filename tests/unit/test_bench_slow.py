@@ -121,6 +121,14 @@ def test_summarise_probes_counts_failures_at_their_time() -> None:
     assert summarise_probes([])["latency_ms"] == {}
 
 
+def test_summarise_probes_says_when_starvation_set_in_and_lifted() -> None:
+    probes = [Probe(200, 0.01, at=0.0), Probe(503, 2.0, at=0.5), Probe(200, 0.01, at=1.0)]
+    probes.append(Probe(None, 5.0, "TimeoutError", at=1.5))
+    found = summarise_probes(probes)
+    assert (found["first_failed_at_s"], found["last_ok_at_s"]) == (0.5, 1.0)
+    assert summarise_probes([Probe(200, 0.01)])["first_failed_at_s"] is None
+
+
 def test_is_stable_needs_a_full_window_within_tolerance() -> None:
     assert not is_stable([100, 100], 3)
     assert is_stable([500, 100, 100, 101], 3)
