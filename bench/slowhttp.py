@@ -166,15 +166,16 @@ def summarise_probes(probes: Sequence[Probe]) -> dict[str, Any]:
         else:
             statuses[str(probe.status)] = statuses.get(str(probe.status), 0) + 1
     ordered = sorted(probe.seconds for probe in probes)
-    ok_at = [probe.at for probe in probes if probe.status == 200]
     failed_at = [probe.at for probe in probes if probe.status != 200]
+    ok_per_second = [0] * (int(max((probe.at for probe in probes), default=-1.0)) + 1)
+    for probe in probes:
+        ok_per_second[int(probe.at)] += probe.status == 200
     return {
         "total": len(probes),
         "ok": statuses.get("200", 0),
-        # when starvation set in and whether it lifted: the schedule times of the first
-        # request not answered 200 and of the last one answered 200
+        # when starvation set in, and whether it lifted: by the second each request was due
         "first_failed_at_s": min(failed_at, default=None),
-        "last_ok_at_s": max(ok_at, default=None),
+        "ok_per_second": ok_per_second,
         "statuses": statuses,
         "errors": errors,
         "latency_ms": {f"p{q:g}": percentile(ordered, q) * 1000 for q in (50.0, 99.0) if ordered},

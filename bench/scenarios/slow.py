@@ -271,8 +271,8 @@ def _notes(found: Mapping[str, Mapping[str, Any]], max_others: float) -> list[st
         if client["errors"] or set(client["statuses"]) - {"200"}:
             notes.append(
                 f"{name}: normal client answers {client['statuses']}, failures {client['errors']};"
-                f" first not 200 sent at {_at(client['first_failed_at_s'])}, last 200 sent at"
-                f" {_at(client['last_ok_at_s'])} (of {client['total'] / NORMAL_RATE:g} s)"
+                f" the first not 200 was due at {_at(client['first_failed_at_s'])}; 200s by the"
+                f" second they were due: {' '.join(map(str, client['ok_per_second']))}"
             )
         if attack["others_cpu"] > max_others:
             notes.append(

@@ -122,11 +122,13 @@ def test_summarise_probes_counts_failures_at_their_time() -> None:
 
 
 def test_summarise_probes_says_when_starvation_set_in_and_lifted() -> None:
-    probes = [Probe(200, 0.01, at=0.0), Probe(503, 2.0, at=0.5), Probe(200, 0.01, at=1.0)]
+    probes = [Probe(200, 0.01, at=0.0), Probe(503, 2.0, at=0.5), Probe(200, 0.01, at=2.2)]
     probes.append(Probe(None, 5.0, "TimeoutError", at=1.5))
     found = summarise_probes(probes)
-    assert (found["first_failed_at_s"], found["last_ok_at_s"]) == (0.5, 1.0)
+    assert found["first_failed_at_s"] == 0.5
+    assert found["ok_per_second"] == [1, 0, 1]
     assert summarise_probes([Probe(200, 0.01)])["first_failed_at_s"] is None
+    assert summarise_probes([])["ok_per_second"] == []
 
 
 def test_is_stable_needs_a_full_window_within_tolerance() -> None:
