@@ -22,7 +22,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -44,11 +44,22 @@ class Response:
         return json.loads(self.body)
 
 
-@dataclass
+@dataclass(eq=False)
 class RawClient:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     timeout: float = 5.0
+    # Every client not yet closed, so that a fixture can close what a failed test left open
+    # (an unclosed socket is a ResourceWarning, an error under filterwarnings=error).
+    unclosed: ClassVar[set[RawClient]] = set()
+
+    def __post_init__(self) -> None:
+        RawClient.unclosed.add(self)
+
+    @classmethod
+    def close_all(cls) -> None:
+        for client in list(cls.unclosed):
+            client.close()
 
     @classmethod
     async def open(cls, port: int, timeout: float = 5.0, rcvbuf: int = 0) -> RawClient:
@@ -109,6 +120,7 @@ class RawClient:
         return b"".join(chunks)
 
     def close(self) -> None:
+        RawClient.unclosed.discard(self)
         self.writer.close()
 
 
@@ -204,6 +216,7 @@ class RawBackend:
     port: int = 0
     server: asyncio.Server | None = None
     writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -217,6 +230,9 @@ class RawBackend:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)
         counted = False
         try:
             while True:
@@ -249,6 +265,14 @@ class RawBackend:
             self.server.close()
             for writer in list(self.writers):
                 writer.transport.abort()
+            # Let each connection's task end on its own (a task cancelled at loop shutdown is
+            # logged as an error by asyncio's stream callback), then cancel what still waits.
+            pending = {task for task in self.tasks if not task.done()}
+            if pending:
+                _, late = await asyncio.wait(pending, timeout=2.0)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
             await self.server.wait_closed()
             self.server = None
 

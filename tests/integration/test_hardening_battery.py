@@ -23,6 +23,7 @@ CHUNKED = H + b"Transfer-Encoding: chunked\r\n\r\n"
 async def backend() -> AsyncIterator[RawBackend]:
     backend = await RawBackend().start()
     yield backend
+    RawClient.close_all()
     await backend.stop()
 
 
@@ -30,6 +31,7 @@ async def backend() -> AsyncIterator[RawBackend]:
 async def proxy(tmp_path: Path, backend: RawBackend) -> AsyncIterator[Proxy]:
     proxy = await Proxy.start(tmp_path, raw_config(backend))
     yield proxy
+    RawClient.close_all()
     await proxy.stop()
 
 
@@ -136,6 +138,7 @@ async def test_an_upgrade_answered_200_is_no_tunnel_and_a_pipelined_request_is_p
         )
         answered, _ = await exchange(proxy, raw)
     finally:
+        RawClient.close_all()
         await proxy.stop()
         await echo.stop()
     assert answered.count(b"HTTP/1.1 200 OK") == 2
@@ -152,6 +155,7 @@ async def test_a_chunked_body_over_the_cap_is_413_as_soon_as_the_cap_is_crossed(
         response = await client.response()  # the answer comes without the body's end
         client.close()
     finally:
+        RawClient.close_all()
         await proxy.stop()
     assert response.status == 413
     assert all(len(head) < 2048 for head in backend.requests)
@@ -174,6 +178,7 @@ async def test_a_gzip_request_body_reaches_the_backend_compressed(tmp_path: Path
         assert (await client.response()).status == 200
         client.close()
     finally:
+        RawClient.close_all()
         await proxy.stop()
         await backend.stop()
     assert received == [bomb]  # passed through as sent, never inflated
@@ -195,6 +200,7 @@ async def test_a_body_that_stalls_gets_408_and_its_upstream_connection_is_not_po
         assert (await follow.response()).status == 200
         follow.close()
     finally:
+        RawClient.close_all()
         await proxy.stop()
         await backend.stop()
     # /upload (if it was forwarded) and /next never shared an upstream connection

@@ -39,6 +39,7 @@ async def backend() -> AsyncIterator[RawBackend]:
 async def stop_later() -> AsyncIterator[list[Any]]:
     things: list[Any] = []
     yield things
+    RawClient.close_all()
     for thing in reversed(things):
         await thing.stop()
 

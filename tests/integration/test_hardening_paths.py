@@ -60,6 +60,7 @@ async def proxy(
     monkeypatch.setenv(SECRET_ENV, HS_SECRET.decode())
     proxy = await Proxy.start(tmp_path, routes_config(backend))
     yield proxy
+    RawClient.close_all()
     await proxy.stop()
 
 

@@ -35,6 +35,7 @@ async def backend() -> AsyncIterator[Backend]:
 async def stop_later() -> AsyncIterator[list[Any]]:
     things: list[Any] = []
     yield things
+    RawClient.close_all()
     for thing in reversed(things):
         await thing.stop()
 
@@ -100,6 +101,7 @@ async def test_a_body_trickling_below_min_rate_gets_408(
     limits = {"body_timeout": "2s", "min_rate": 256}
     proxy = await start(stop_later, tmp_path, backend, limits=limits)
     client = await body_head(proxy.port, 100_000)
+    client.timeout = 25.0  # min_rate judges a 10 s window: the answer comes after it
     sending = asyncio.create_task(trickle(client, 100, 0.3))
     response = await asyncio.wait_for(client.response(), 25)
     assert response.status == 408

@@ -37,6 +37,7 @@ Writer = asyncio.StreamWriter
 async def cleanup() -> AsyncIterator[list[Any]]:
     things: list[Any] = []
     yield things
+    RawClient.close_all()
     for thing in reversed(things):
         await thing.stop()
 
@@ -170,9 +171,10 @@ async def test_a_malformed_chunk_gives_502_or_a_cut_and_leaks_no_admission_slot(
         await client.send(b"GET /good HTTP/1.1\r\nHost: a\r\n\r\n")
         assert (await client.response()).status == 200
     await client.send(b"GET /bad HTTP/1.1\r\nHost: a\r\n\r\n")
-    seen = await client.rest(timeout=5.0)  # either a 502 or a head then a cut, never a hang
+    seen = await client.rest(timeout=2.0)  # a 502 (kept alive), or a head then a cut; no hang
     assert seen.startswith((b"HTTP/1.1 502 ", b"HTTP/1.1 200 "))
-    assert await client.closed_within(5.0)
+    if seen.startswith(b"HTTP/1.1 200 "):  # a head that went out: the body must be cut
+        assert await client.closed_within(5.0)
     client.close()
     await eventually(lambda: _is_zero(proxy), timeout=5.0)
     async with aiohttp.ClientSession() as http:
