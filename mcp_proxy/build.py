@@ -13,7 +13,7 @@ from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 # The request path, as setup.py's REQUEST_PATH compiles it: importing these is what `run` does.
-REQUEST_PATH = ("mcp_proxy.client", "mcp_proxy.pipeline", "mcp_proxy.upstream.forward")
+REQUEST_PATH = ("mcp_proxy.http1.client", "mcp_proxy.pipeline")
 
 
 def compiled_modules() -> list[str]:

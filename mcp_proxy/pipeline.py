@@ -1,21 +1,19 @@
-"""One request's way through the proxy, in order:
+"""One request's way through the proxy, as named phases run by one driver:
 
-    snapshot -> route (404) -> token (401/403) -> admission (503) -> pick + forward (502/503/504)
-             -> stream the response -> record metrics and the access log, once
+    ROUTE (404) -> AUTH (401) -> AUTHORIZED (403) -> BUFFER -> ADMIT (503) -> ADMITTED
+          -> PICK (503) -> CONNECT -> SEND -> RELAY (502/504) -> DONE
 
-Two lanes carry a request along these phases, with the same decision functions.
+Each phase is one short method that either moves the flight on at once (returns None) or
+returns the one thing it must wait for. `_drive` runs phases while they finish at once; the
+first that must wait starts a task that awaits it and re-enters `_drive`. So a request that
+needs no waiting (a cached token, a free slot, an idle pooled connection) runs without a task,
+and the RELAY phase waits on no task at all: the upstream connection calls the attempt back
+(on_head, on_body, on_read_end, on_error) from its own protocol callbacks.
 
-- The fast lane (`dispatch` -> `_fast` -> `FastExchange`): when nothing in the request has to
-  wait — no request body, no token or one already verified (cached), a free admission slot, an
-  idle pooled connection to the chosen backend — the request is written upstream at once and the
-  response finished from the upstream connection's callback. No task, no coroutine frames: on a
-  busy gateway that machinery costs as much CPU as the proxying itself.
-- The ordinary lane (`_phases`, in a task): everything else, and whatever the fast lane meets
-  that needs waiting (a failed attempt to retry, a response that spans reads) continues here
-  from where it got to.
-
-Errors are ProxyError subclasses carrying their status, turned into a response in exactly one
-place (`_respond_error`); `_land` ends every request, whichever lane carried it.
+Every failure, in any phase or attempt, goes to `_fail`: it ends the attempt, asks whether
+another attempt is safe (one pick per attempt, retries on new attempts), else answers through
+`_answer`, the one place errors become HTTP, from their attributes. `_land` ends every request
+once: frees its admission slot, counts it, writes its log line.
 """
 
 from __future__ import annotations
@@ -23,63 +21,125 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from time import monotonic
-from typing import Any
+from typing import Any, Final, cast
 
-from mcp_proxy import wire
 from mcp_proxy.auth import Identity, authorize, bearer_token
-from mcp_proxy.client import ClientDisconnected, Request
 from mcp_proxy.errors import (
     AuthError,
-    Forbidden,
+    ClientGone,
     NoHealthyBackend,
     NoRoute,
     ProxyError,
-    Rejected,
     UpstreamError,
-    UpstreamTimeout,
 )
+from mcp_proxy.headers import request_head, response_fields, with_host
+from mcp_proxy.http1 import wire
+from mcp_proxy.http1.request import Request
+from mcp_proxy.http1.upstream import ResponseHead, UpstreamConnection
 from mcp_proxy.metrics import Metrics
 from mcp_proxy.runtime import Route, Runtime, RuntimeRef
 from mcp_proxy.upstream.backend import Backend
-from mcp_proxy.upstream.forward import (
-    Outcome,
-    ResponseAborted,
-    end_attempt,
-    expire,
-    observe_head,
-    proxy,
-    relay_rest,
-    relay_start,
-    request_head,
-    with_host,
-)
-from mcp_proxy.upstream.pool import UpstreamConnection
+from mcp_proxy.upstream.retry import retry_allowed
 
 access_log = logging.getLogger("mcp_proxy.access")
 log = logging.getLogger("mcp_proxy")
 
 NO_IDENTITY: Sequence[tuple[bytes, bytes]] = ()
+_RETRY_STATUSES: Final = frozenset({502, 503})
+
+ROUTE: Final = 0
+AUTH: Final = 1
+AUTHORIZED: Final = 2
+BUFFER: Final = 3
+ADMIT: Final = 4
+ADMITTED: Final = 5
+PICK: Final = 6
+CONNECTED: Final = 7
+SEND: Final = 8
+RELAY: Final = 9  # from here on the upstream connection's callbacks move the flight
+DONE: Final = 10
+PHASE_NAMES: Final = (
+    "ROUTE", "AUTH", "AUTHORIZED", "BUFFER", "ADMIT", "ADMITTED", "PICK", "CONNECTED", "SEND",
+    "RELAY", "DONE",
+)  # fmt: skip
 
 
 class Flight:
-    """One request on its way, whichever lane carries it."""
+    """One request on its way; `phase` says where."""
 
-    __slots__ = ("klass", "outcome", "request", "request_id", "route", "runtime", "slot", "waited")
+    __slots__ = (
+        "attempt", "attempts", "backend", "body", "head", "identity", "klass",
+        "last_error", "phase", "request", "request_id", "route", "runtime", "slot", "stale",
+        "stale_retried", "status", "task", "tried", "value", "waited",
+    )  # fmt: skip
 
     def __init__(self, runtime: Runtime, request: Request, request_id: bytes) -> None:
         self.runtime = runtime  # taken once: a reload never changes a request mid-flight
         self.request = request
         self.request_id = request_id
-        self.outcome = Outcome()
+        self.phase = ROUTE
         self.route: Route | None = None
+        self.identity: Identity | None = None
         self.klass = -1
         self.waited = 0.0
         self.slot = False  # holds an admission slot
+        self.value: Any = None  # what the last wait gave
+        self.task: asyncio.Task[None] | None = None
+        self.head = b""  # the request head for every attempt
+        self.body: bytes | None = None  # a request body read whole (replayable)
+        self.attempt: Attempt | None = None
+        self.attempts = 0
+        self.tried: list[Backend] = []
+        self.last_error: ProxyError | None = None
+        self.stale: Backend | None = None  # retry once on a new connection to this backend
+        self.stale_retried = False
+        self.backend: Backend | None = None
+        self.status = 0
 
     def __repr__(self) -> str:
-        return f"<Flight {self.request!r} route={self.route!r} status={self.outcome.status}>"
+        return f"<Flight {self.request!r} {PHASE_NAMES[self.phase]} attempts={self.attempts}>"
+
+
+class Attempt:
+    """One try of a flight on one backend: the listener of its upstream exchange."""
+
+    __slots__ = ("backend", "conn", "flight", "ok", "pipeline", "relaying", "sent_at", "upload")
+
+    def __init__(self, pipeline: Pipeline, flight: Flight, backend: Backend) -> None:
+        self.pipeline = pipeline
+        self.flight = flight
+        self.backend = backend
+        self.conn: UpstreamConnection | None = None
+        self.sent_at = 0.0
+        self.ok = False
+        self.relaying = False
+        self.upload: asyncio.Task[None] | None = None
+
+    def on_head(self, response: ResponseHead) -> None:
+        if self.flight.attempt is self:
+            self.pipeline.relay_head(self, response)
+
+    def on_body(self, data: bytes) -> None:
+        if self.relaying:
+            self.flight.request.conn.writer.body(data)
+
+    def on_read_end(self, complete: bool) -> None:
+        if self.flight.attempt is self:
+            self.pipeline.relay_read_end(self, complete)
+
+    def on_error(self, error: ProxyError) -> None:
+        if self.flight.attempt is self:
+            self.pipeline.fail(self.flight, error)
+
+    def pause_producing(self) -> None:
+        if self.conn is not None:
+            self.conn.pause_reading()
+
+    def resume_producing(self) -> None:
+        if self.conn is not None:
+            self.conn.resume_reading()
 
 
 class Pipeline:
@@ -88,258 +148,345 @@ class Pipeline:
         self.count_rejected = metrics.count_rejected
         self.request_counts = metrics.requests  # bound once: Metrics is not compiled
         self.rng = random.Random()
+        self.phases: tuple[Callable[[Flight], Awaitable[Any] | None], ...] = (
+            self._route, self._auth, self._authorized, self._buffer, self._admit,
+            self._admitted, self._pick, self._connected, self._send,
+        )  # fmt: skip
 
-    def dispatch(self, request: Request) -> asyncio.Task[None] | None:
-        """Serve `request`; returns the task serving it, or None when the fast lane does."""
+    # -- the client leg's Handler ---------------------------------------------------------------
+    def dispatch(self, request: Request) -> None:
         runtime = self.ref.current
         runtime.active += 1
         flight = Flight(runtime, request, wire.request_id_for(request.request_id))
-        if self._fast(flight):
-            return None
-        return self._continue(flight, self._phases(flight))
+        request.flight = flight
+        self._drive(flight)
 
-    def _continue(self, flight: Flight, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Carry on in a task: `work`, then the error mapping and `_land`, as in every case."""
-        task = flight.request.conn.loop.create_task(self._run(flight, work))
-        flight.request.conn.task = task  # a client that disconnects cancels it
-        return task
+    def abandon(self, request: Request, error: ProxyError) -> None:
+        """The client leg gave up on `request` (gone, too slow, body over its limit)."""
+        flight = cast(Flight | None, request.flight)
+        if flight is None or flight.phase == DONE:
+            return
+        task = flight.task
+        self.fail(flight, error)
+        if task is not None:
+            # Stop what it waited for (a queue place, a key fetch, a connect). Soon, not now:
+            # a task cancelled before its first step never awaits what it was given.
+            request.conn.loop.call_soon(task.cancel)
 
-    async def _run(self, flight: Flight, work: Coroutine[Any, Any, None]) -> None:
-        request, outcome = flight.request, flight.outcome
+    # -- the driver -------------------------------------------------------------------------------
+    def _drive(self, flight: Flight) -> None:
+        phases = self.phases
         try:
-            await work
-        except ProxyError as error:
-            outcome.status = self._respond_error(request, error, flight.request_id)
-        except ResponseAborted as aborted:
-            request.conn.close()  # the client must not take a cut body for a whole one
-            outcome.status = outcome.status or 502
-            log.warning("response aborted: %s (request %s)", aborted, flight.request_id.decode())
-        except ClientDisconnected:
-            outcome.status = 499  # nginx's code for "client closed the request"
-        finally:
-            self._land(flight)
+            while flight.phase < RELAY:
+                wait = phases[flight.phase](flight)
+                if wait is not None:
+                    flight.task = asyncio.ensure_future(self._resume(flight, wait))
+                    return
+        except Exception as error:  # every phase's failure lands here, mapped once
+            self.fail(flight, error)
 
-    async def _phases(self, flight: Flight) -> None:
-        request, runtime = flight.request, flight.runtime
-        flight.route = route = self._route(flight)
-        identity = await self._authenticate(runtime, route, request)
-        flight.klass = self._priority(runtime, route, identity)
-        flight.waited = await self._admit(runtime, flight.klass, request)
-        flight.slot = True
-        head = request_head(request, _identity_headers(identity), flight.request_id)
-        await proxy(runtime, route, request, head, flight.request_id, flight.outcome, self.rng)
+    async def _resume(self, flight: Flight, wait: Awaitable[Any]) -> None:
+        try:
+            flight.value = await wait
+        except asyncio.CancelledError:
+            flight.task = None
+            self.fail(flight, ClientGone("cancelled"))  # nothing if abandon() landed it
+            return
+        except Exception as error:
+            flight.task = None
+            self.fail(flight, error)
+            return
+        flight.task = None
+        self._drive(flight)
 
-    def _fast(self, flight: Flight) -> bool:
-        """Start the request in the fast lane if nothing in it has to wait (see the top)."""
-        request, runtime = flight.request, flight.runtime
-        if request.body is not request.conn.empty_body:
-            return False
-        flight.route = route = self._match(runtime, request)
-        if route is None:
-            return False
-        identity = None
-        if route.scopes is not None:
-            token = bearer_token(request.authorization)
-            identity = runtime.verifier.cached(token) if token is not None else None
-            if identity is None or not route.scopes <= identity.scopes:
-                return False
-        klass = self._priority(runtime, route, identity)
-        gate = runtime.gate
-        if not gate.try_acquire():
-            return False
-        now = monotonic()
-        backend = route.policy.pick(route.candidates, now, self.rng)
-        conn = backend.connections.take_idle(now) if backend is not None else None
-        if backend is None or conn is None:
-            gate.release()
-            return False
-        flight.klass, flight.slot = klass, True
-        runtime.queue_waits[klass].observe(0.0)
-        runtime.retry_budget.record_request(now)
-        head = request_head(request, _identity_headers(identity), flight.request_id)
-        FastExchange(self, flight, backend, conn, head).start()
-        return True
-
-    def _land(self, flight: Flight) -> None:
-        """The end of every request: free its slot, record it, let the connection go on."""
-        if flight.slot:
-            flight.slot = False
-            flight.runtime.gate.release()
-        flight.runtime.active -= 1
-        self._record(flight)
-        flight.request.conn.finished(flight.request)
-
-    # -- phases -------------------------------------------------------------------------------
-    def _route(self, flight: Flight) -> Route:
-        """The route the fast lane already matched, or a match now (404 without one)."""
-        route = flight.route or self._match(flight.runtime, flight.request)
+    # -- the phases, in order ---------------------------------------------------------------------
+    def _route(self, flight: Flight) -> None:
+        request = flight.request
+        host = (request.host or b"").decode("latin-1")
+        route = flight.runtime.router.match(request.method, host, request.path, request.headers)
         if route is None:
             raise NoRoute("no route for this request")
-        return route
+        flight.route = route
+        flight.phase = AUTH
 
-    def _match(self, runtime: Runtime, request: Request) -> Route | None:
-        host = (request.host or b"").decode("latin-1")
-        return runtime.router.match(request.method, host, request.path, request.headers)
-
-    async def _authenticate(
-        self, runtime: Runtime, route: Route, request: Request
-    ) -> Identity | None:
-        if route.scopes is None:
+    def _auth(self, flight: Flight) -> Awaitable[Identity] | None:
+        assert flight.route is not None
+        if flight.route.scopes is None:
+            flight.phase = BUFFER
             return None
-        token = bearer_token(request.authorization)
+        token = bearer_token(flight.request.authorization)
         if token is None:
             raise AuthError("a bearer token is required", token_given=False)
-        verifier = runtime.verifier
-        identity = verifier.cached(token)
-        if identity is None:
-            identity = await verifier.verify(token)
-        if route.scopes:
-            authorize(identity, route.scopes)
-        return identity
+        flight.phase = AUTHORIZED
+        verifier = flight.runtime.verifier
+        flight.value = verifier.cached(token)
+        return verifier.verify(token) if flight.value is None else None
 
-    def _priority(self, runtime: Runtime, route: Route, identity: Identity | None) -> int:
-        """The route's class, lifted (or lowered) by a verified claim naming a known class."""
-        if identity is None or runtime.claim is None:
-            return route.priority
-        claimed = identity.claims.get(runtime.claim)
-        if isinstance(claimed, str):
-            return runtime.gate.class_index(claimed, route.priority)
-        return route.priority
+    def _authorized(self, flight: Flight) -> None:
+        identity: Identity = flight.value
+        flight.value = None
+        assert flight.route is not None and flight.route.scopes is not None
+        if flight.route.scopes:
+            authorize(identity, flight.route.scopes)
+        flight.identity = identity
+        flight.phase = BUFFER
 
-    async def _admit(self, runtime: Runtime, klass: int, request: Request) -> float:
-        gate = runtime.gate
-        if gate.try_acquire():
-            waited = 0.0
+    def _buffer(self, flight: Flight) -> Awaitable[None] | None:
+        """A small body is read whole first, so that a slow upload holds no admission slot."""
+        flight.phase = ADMIT
+        request = flight.request
+        limit = request.conn.settings.request_buffer
+        if request.body.done or (request.content_length or 0) > limit:
+            return None
+        if request.expect_continue:
+            request.expect_continue = False  # auth has passed: now the client may send it
+            request.conn.writer.send_continue(request)
+        return request.body.fill(limit)
+
+    def _admit(self, flight: Flight) -> Awaitable[float] | None:
+        runtime, route = flight.runtime, flight.route
+        assert route is not None
+        flight.klass = klass = _priority(runtime, route, flight.identity)
+        if runtime.gate.try_acquire():
+            flight.slot = True
+            runtime.queue_waits[klass].observe(0.0)
+            flight.phase = PICK
+            return None
+        flight.request.queued = True  # a client that closes now gives up its place
+        flight.phase = ADMITTED
+        return runtime.gate.wait(klass)
+
+    def _admitted(self, flight: Flight) -> None:
+        flight.request.queued = False
+        flight.slot = True
+        flight.waited = flight.value
+        flight.runtime.queue_waits[flight.klass].observe(flight.waited)
+        flight.phase = PICK
+
+    def _pick(self, flight: Flight) -> Awaitable[UpstreamConnection] | None:
+        """One pick per attempt: the policy is asked here only."""
+        runtime, route, now = flight.runtime, flight.route, monotonic()
+        assert route is not None
+        if not flight.attempts:
+            runtime.retry_budget.record_request(now)
+            identity = NO_IDENTITY if flight.identity is None else flight.identity.headers
+            flight.head = request_head(flight.request, identity, flight.request_id)
+        backend, flight.stale = flight.stale, None
+        if backend is None:
+            backend = route.policy.pick(route.candidates, now, self.rng, flight.tried)
+            if backend is None:
+                raise flight.last_error or NoHealthyBackend()
+            if flight.last_error is not None:  # a retry counts once it has somewhere to go
+                runtime.retry_budget.record_retry(now)
+                runtime.count_retry()
+            flight.attempts += 1
+            conn = backend.connections.take_idle(now)
         else:
-            request.queued = True  # a client that closes now gives up its place (client.py)
-            try:
-                waited = await gate.wait(klass)
-            finally:
-                request.queued = False
-        runtime.queue_waits[klass].observe(waited)
-        return waited
+            conn = None  # the stale-connection retry: a new connection, same backend
+        attempt = flight.attempt = Attempt(self, flight, backend)
+        flight.backend = backend
+        backend.inflight += 1
+        if conn is None:
+            flight.phase = CONNECTED
+            return backend.connections.connect()
+        attempt.conn = conn
+        flight.phase = SEND
+        return None
 
-    # -- the one place errors become responses -------------------------------------------------
-    def _respond_error(self, request: Request, error: ProxyError, request_id: bytes) -> int:
-        self._count_rejection(error)
-        if request.response_started:
-            request.conn.close()
-            return error.status
-        if request.body.done:
-            request.body.read_nowait()  # all here but never read: drop it, keep the connection
+    def _connected(self, flight: Flight) -> None:
+        assert flight.attempt is not None
+        flight.attempt.conn = flight.value
+        flight.value = None
+        flight.phase = SEND
+
+    def _send(self, flight: Flight) -> None:
+        attempt, request, route = flight.attempt, flight.request, flight.route
+        assert attempt is not None and attempt.conn is not None and route is not None
+        conn = attempt.conn
+        conn.begin(attempt, request.method == "HEAD", route.timeout, flight.runtime.read_timeout)
+        flight.phase = RELAY
+        attempt.sent_at = monotonic()
+        head = with_host(flight.head, request, attempt.backend.host_line)
+        if not request.has_body:
+            conn.write(head)
+        elif request.body.done or flight.body is not None:
+            if flight.body is None:
+                flight.body = request.body.read_nowait() or b""
+            conn.write(head + _framed(flight.body, request.chunked))
         else:
-            request.keep_alive = False  # its unread body would be parsed as the next request
-        body = wire.error_body(error.message, request_id)
-        parts = [
-            wire.status_line(error.status),
-            b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
-            b"cache-control: no-store\r\nx-request-id: %s\r\n" % request_id,
-        ]
-        for name, value in error.headers:
-            parts.append(b"%s: %s\r\n" % (name.encode(), value.encode()))
-        close = not request.keep_alive or request.conn.draining
-        parts.append(b"connection: close\r\n\r\n" if close else b"\r\n")
-        parts.append(body)
-        request.keep_alive = not close
-        request.conn.write(b"".join(parts))
-        return error.status
+            if request.expect_continue:
+                request.expect_continue = False  # once, even across retries
+                request.conn.writer.send_continue(request)
+            conn.write(head)
+            attempt.upload = asyncio.ensure_future(self._upload(attempt, conn))
 
-    def _count_rejection(self, error: ProxyError) -> None:
-        if isinstance(error, AuthError):
-            self.count_rejected["auth"]()
-        elif isinstance(error, Forbidden):
-            self.count_rejected["forbidden"]()
-        elif isinstance(error, Rejected):
+    async def _upload(self, attempt: Attempt, conn: UpstreamConnection) -> None:
+        request = attempt.flight.request
+        body, chunked = request.body, request.chunked
+        try:
+            while data := await body.read():
+                conn.write(wire.chunk(data) if chunked else data)
+                await conn.drain()
+            if chunked:
+                conn.write(wire.LAST_CHUNK)
+        except ProxyError as error:
+            if attempt.flight.attempt is attempt:
+                self.fail(attempt.flight, error)
+
+    # -- RELAY: the upstream connection's events ---------------------------------------------------
+    def relay_head(self, attempt: Attempt, response: ResponseHead) -> None:
+        flight, backend, request = attempt.flight, attempt.backend, attempt.flight.request
+        now = monotonic()
+        backend.rtt.observe(now - attempt.sent_at, now)  # the sample: time to the response head
+        backend.served += 1
+        if response.status in _RETRY_STATUSES and self._may_retry_status(flight, now):
+            self.fail(
+                flight, UpstreamError(f"backend answered {response.status}", before_send=False)
+            )
+            return
+        attempt.ok = response.status < 500
+        flight.status = response.status
+        writer = request.conn.writer
+        fields = response_fields(response, flight.request_id)
+        attempt.relaying = writer.start(request, response.status, fields, response.content_length)
+        writer.producer = attempt
+
+    def relay_read_end(self, attempt: Attempt, complete: bool) -> None:
+        writer = attempt.flight.request.conn.writer
+        if not complete:
+            writer.flush()
+            return
+        flight = attempt.flight
+        self._end_attempt(flight, attempt)
+        self._land(flight)
+        writer.end(flight.request)
+
+    def _end_attempt(self, flight: Flight, attempt: Attempt, failed: bool = False) -> None:
+        flight.attempt = None
+        conn = attempt.conn
+        if conn is not None:
+            if attempt.upload is not None and not attempt.upload.done():
+                attempt.upload.cancel()  # answered before the whole body went up
+                failed = True
+            if failed:
+                conn.abort()  # its state is unknown: never reused
+            conn.release()
+        backend = attempt.backend
+        backend.inflight -= 1
+        backend.record(attempt.ok, monotonic(), flight.runtime.max_ejected_percent)
+
+    # -- the one place failures are handled ---------------------------------------------
+    def fail(self, flight: Flight, error: BaseException) -> None:
+        if flight.phase == DONE:
+            return
+        if not isinstance(error, ProxyError):
+            log.error("internal error serving %r", flight, exc_info=error)
+            error = ProxyError("internal error")
+        attempt = flight.attempt
+        if attempt is not None:
+            attempt.ok = False
+            self._end_attempt(flight, attempt, failed=True)
+            if self._may_retry(flight, error, attempt.backend):
+                flight.last_error = error
+                flight.phase = PICK
+                self._drive(flight)
+                return
+        self._answer(flight, error)
+
+    def _may_retry(self, flight: Flight, error: ProxyError, backend: Backend) -> bool:
+        request = flight.request
+        if request.conn.closed or request.conn.writer.started:
+            return False  # nobody to answer, or response bytes went out: nothing can be fixed
+        replayable = _replayable(flight)
+        idempotent = request.method in wire.IDEMPOTENT_METHODS
+        if error.stale and not flight.stale_retried and replayable and idempotent:
+            # The backend had closed the pooled connection: once more on a new one, not
+            # counted against `retries` (SPEC: "Upstream framing is enforced").
+            flight.stale = backend
+            flight.stale_retried = True
+            return True
+        assert flight.route is not None
+        retries = flight.route.retries
+        if not retry_allowed(error.retry, flight.attempts, retries, replayable, idempotent):
+            return False
+        flight.tried.append(backend)
+        return flight.runtime.retry_budget.can_retry(monotonic())
+
+    def _may_retry_status(self, flight: Flight, now: float) -> bool:
+        """Retry a 502/503 answer only where a retry could be sent and could land elsewhere."""
+        route = flight.route
+        assert route is not None
+        return (
+            _replayable(flight)
+            and flight.request.method in wire.IDEMPOTENT_METHODS
+            and flight.attempts <= route.retries
+            and sum(candidate.available(now) for candidate in route.candidates) > 1
+        )
+
+    def _answer(self, flight: Flight, error: ProxyError) -> None:
+        """An error becomes HTTP here only, from its attributes."""
+        if error.counted:
             self.count_rejected[error.reason]()
-        elif isinstance(error, NoHealthyBackend):
-            self.count_rejected["no_backend"]()
+        request = flight.request
+        writer = request.conn.writer
+        flight.status = error.status
+        self._land(flight)
+        if request.conn.closed:
+            return
+        if not error.answer or writer.started:
+            if writer.started:
+                log.warning("response cut: %s (request %s)", error, flight.request_id.decode())
+            writer.cut()
+            return
+        writer.answer(request, flight.request_id, error)
+
+    def _land(self, flight: Flight) -> None:
+        """The end of every request, once: free its slot, count it, log it."""
+        flight.phase = DONE
+        runtime = flight.runtime
+        if flight.slot:
+            flight.slot = False
+            runtime.gate.release()
+        flight.request.queued = False
+        runtime.active -= 1
+        if not runtime.active and runtime.retired is not None:
+            runtime.retired.set()
+        self._record(flight)
 
     def _record(self, flight: Flight) -> None:
-        request, route, outcome = flight.request, flight.route, flight.outcome
+        request, route, backend = flight.request, flight.route, flight.backend
         elapsed = monotonic() - request.started
         route_name = route.name if route is not None else "-"
-        pool = outcome.backend.pool if outcome.backend is not None else "-"
-        self.request_counts.add(route_name, pool, outcome.status)
+        self.request_counts.add(route_name, backend.pool if backend else "-", flight.status)
         if route is not None:
             route.observe_duration(elapsed)
         if access_log.isEnabledFor(logging.INFO):
             klass = flight.klass
             access_log.info(
                 '%s "%s %s" %d route=%s backend=%s class=%s queue_ms=%.1f ms=%.1f id=%s',
-                request.conn.peer.decode(), request.method, request.path, outcome.status,
-                route_name, outcome.backend.url if outcome.backend else "-",
+                request.conn.peer.decode(), request.method, request.path, flight.status,
+                route_name, backend.url if backend else "-",
                 flight.runtime.gate.class_names[klass] if klass >= 0 else "-",
                 flight.waited * 1000, elapsed * 1000, flight.request_id.decode(),
             )  # fmt: skip
 
 
-class FastExchange:
-    """The fast lane's one attempt: request written at once, response finished in callbacks."""
-
-    __slots__ = (
-        "backend", "body", "conn", "flight", "head", "head_future", "pipeline", "sent_at",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        pipeline: Pipeline,
-        flight: Flight,
-        backend: Backend,
-        conn: UpstreamConnection,
-        head: bytes,
-    ) -> None:
-        self.pipeline = pipeline
-        self.flight = flight
-        self.backend = backend
-        self.conn = conn
-        self.head = head
-        self.sent_at = 0.0
-
-    def start(self) -> None:
-        flight, request = self.flight, self.flight.request
-        assert flight.route is not None
-        self.backend.inflight += 1
-        flight.outcome.backend = self.backend
-        flight.outcome.attempts = 1
-        self.head_future, self.body = self.conn.begin(request.method == "HEAD", self._on_head)
-        self.conn.deadline.set(flight.route.timeout, self._expire)
-        self.sent_at = monotonic()
-        self.conn.write(with_host(self.head, request, self.backend))
-
-    def _expire(self) -> None:
-        assert self.flight.route is not None
-        expire(self.head_future, self.flight.route.timeout)
-        self.conn.announce_head()
-
-    def _on_head(self) -> None:
-        self.conn.deadline.clear()
-        flight, request = self.flight, self.flight.request
-        route = flight.route
-        assert route is not None
-        try:
-            response = self.head_future.result()
-            observe_head(self.backend, response, self.sent_at, request, route, flight.outcome)
-        except (UpstreamError, UpstreamTimeout) as error:
-            end_attempt(flight.runtime, self.backend, self.conn, False)
-            failed = (self.backend, error)
-            retry = proxy(flight.runtime, route, request, self.head, flight.request_id,
-                          flight.outcome, self.pipeline.rng, failed)  # fmt: skip
-            self.pipeline._continue(flight, retry)
-            return
-        ok = response.status < 500
-        complete, chunked = relay_start(self.body, response, request, flight.request_id)
-        if complete:
-            end_attempt(flight.runtime, self.backend, self.conn, ok)
-            self.pipeline._land(flight)
-        else:
-            self.pipeline._continue(flight, self._stream(route, chunked, ok))
-
-    async def _stream(self, route: Route, chunked: bool, ok: bool) -> None:
-        try:
-            await relay_rest(self.conn, self.body, self.flight.request, chunked, route.timeout)
-        finally:
-            end_attempt(self.flight.runtime, self.backend, self.conn, ok)
+def _priority(runtime: Runtime, route: Route, identity: Identity | None) -> int:
+    """The route's class, lifted (or lowered) by a verified claim naming a known class."""
+    if identity is None or runtime.claim is None:
+        return route.priority
+    claimed = identity.claims.get(runtime.claim)
+    if isinstance(claimed, str):
+        return runtime.gate.class_index(claimed, route.priority)
+    return route.priority
 
 
-def _identity_headers(identity: Identity | None) -> Sequence[tuple[bytes, bytes]]:
-    return NO_IDENTITY if identity is None else identity.headers
+def _framed(body: bytes, chunked: bool) -> bytes:
+    if not chunked:
+        return body
+    return (wire.chunk(body) if body else b"") + wire.LAST_CHUNK
+
+
+def _replayable(flight: Flight) -> bool:
+    """Can the request be sent again whole? No body, or one read whole (request_buffer)."""
+    return not flight.request.has_body or flight.body is not None or flight.request.body.done

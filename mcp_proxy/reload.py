@@ -34,6 +34,7 @@ that names the address actually bound (say `:8080` where the running one said `:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mcp_proxy.reload")
 
 POLL = 0.25
-IDLE_CHECK = 0.05  # how often a retired snapshot is asked whether its last request is done
 OLD_SNAPSHOT_GRACE = 300.0  # a snapshot still serving after this long is closed anyway
 SETTINGS = ("limits", "balancer", "health", "auth", "admission", "upstream", "drain_timeout",
             "access_log")  # fmt: skip
@@ -199,10 +199,12 @@ class Reloader:
     # -- retiring the old snapshot ------------------------------------------------------------
     def _close_when_idle(self, runtime: Runtime, keep: frozenset[tuple[str, str]]) -> None:
         async def close() -> None:
-            deadline = time.monotonic() + OLD_SNAPSHOT_GRACE
             try:
-                while runtime.active and time.monotonic() < deadline:
-                    await asyncio.sleep(IDLE_CHECK)
+                if runtime.active:
+                    runtime.retired = asyncio.Event()  # its last request sets it (pipeline)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(OLD_SNAPSHOT_GRACE):
+                            await runtime.retired.wait()
             finally:  # also on shutdown (cancelled): release what only it holds
                 await runtime.close(keep)
                 log.debug("retired config %s closed", runtime.version[:19])

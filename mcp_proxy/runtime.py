@@ -26,6 +26,7 @@ from mcp_proxy.admission.gate import AdmissionGate
 from mcp_proxy.auth import Verifier
 from mcp_proxy.config import LoadedConfig
 from mcp_proxy.config.model import BackendConfig, Config, PoolConfig, RouteConfig, ScopesConfig
+from mcp_proxy.http1.settings import ClientSettings
 from mcp_proxy.routing import Router
 from mcp_proxy.upstream.backend import Backend
 from mcp_proxy.upstream.balancer import Policy, make_policy
@@ -75,6 +76,9 @@ class Runtime:
         self.loaded_at = datetime.now(UTC)
         self.loop = loop
         self.active = 0  # requests being served on this snapshot
+        self.retired: asyncio.Event | None = None  # set by the last request once swapped out
+        self.read_timeout = config.upstream.read_timeout
+        self.client_settings = ClientSettings(config)
         self.pools, self._kept = _build_pools(config, loop, previous)
         self.backends = {b.key: b for backends in self.pools.values() for b in backends}
         self.routes = tuple(_build_route(r, config, self.pools, metrics) for r in config.routes)

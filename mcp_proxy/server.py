@@ -9,16 +9,16 @@ anything left is closed -> runtime closed (pools, health checks, key fetchers).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Callable
 
 from aiohttp import web
 
 from mcp_proxy.admin import make_admin_app
-from mcp_proxy.client import ClientConnection
 from mcp_proxy.config import LoadedConfig
+from mcp_proxy.http1.client import ClientConnection
 from mcp_proxy.metrics import Metrics
 from mcp_proxy.pipeline import Pipeline
 from mcp_proxy.reload import Reloader
@@ -37,6 +37,7 @@ class ProxyServer:
         self.admin_runner: web.AppRunner | None = None
         self.reloader: Reloader | None = None
         self.stopping = asyncio.Event()
+        self.drained = asyncio.Event()  # set when the last client connection closes
         self.listen_address: tuple[str, int] = ("", 0)
         self.admin_address: tuple[str, int] = ("", 0)
 
@@ -70,7 +71,7 @@ class ProxyServer:
         host, port = runtime.config.listen
 
         def connection() -> ClientConnection:
-            conn = ClientConnection(pipeline.dispatch, ref.current.config.limits, self._forget)
+            conn = ClientConnection(pipeline, ref.current.client_settings, self._forget)
             self.connections.add(conn)
             return conn
 
@@ -92,6 +93,8 @@ class ProxyServer:
 
     def _forget(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
+        if not self.connections:
+            self.drained.set()
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -107,7 +110,11 @@ class ProxyServer:
             self.listener.close()
         for conn in list(self.connections):
             conn.start_draining()
-        await _wait_until(lambda: not self.connections, grace)
+        if self.connections:
+            self.drained.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self.drained.wait()
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
@@ -122,14 +129,6 @@ class ProxyServer:
     async def serve_until_stopped(self) -> None:
         await self.stopping.wait()
         await self.stop()
-
-
-async def _wait_until(condition: Callable[[], bool], timeout: float) -> None:
-    """Poll `condition` every 50 ms until it holds or `timeout` passes."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition() and loop.time() < deadline:
-        await asyncio.sleep(0.05)
 
 
 def _bound(server: asyncio.AbstractServer | None) -> tuple[str, int]:

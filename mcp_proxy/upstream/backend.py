@@ -98,6 +98,7 @@ class Backend:
             idle_timeout=upstream.idle_timeout,
             max_idle=upstream.max_idle_per_backend,
             loop=loop,
+            max_head_bytes=upstream.max_response_header_bytes,
         )
 
     @property

@@ -32,8 +32,9 @@ from urllib.parse import urlsplit
 
 from mcp_proxy.config.model import HealthConfig
 from mcp_proxy.errors import ProxyError
+from mcp_proxy.http1.upstream import ResponseHead, UpstreamConnection
 from mcp_proxy.upstream.backend import Backend
-from mcp_proxy.upstream.pool import ConnectionPool, UpstreamConnection
+from mcp_proxy.upstream.pool import ConnectionPool
 
 log = logging.getLogger("mcp_proxy.health")
 
@@ -108,16 +109,13 @@ class HealthChecker:
         request = self.requests[backend.key]
         try:
             async with asyncio.timeout(self.config.timeout):
-                conn, reused = await pool.acquire()
                 try:
-                    return await _exchange(conn, request)
-                except ProxyError:
-                    if not reused:
+                    return await _exchange(await pool.acquire(), request, self.config.timeout)
+                except ProxyError as error:
+                    if not error.stale:
                         raise
-                # The backend closed an idle connection as we used it: once more on a fresh one
-                # (the pool keeps one idle connection, which was this one).
-                conn, _ = await pool.acquire()
-                return await _exchange(conn, request)
+                # The backend closed an idle connection as we used it: once more on a fresh one.
+                return await _exchange(await pool.connect(), request, self.config.timeout)
         except (ProxyError, TimeoutError, OSError):
             return None
 
@@ -140,21 +138,43 @@ class HealthChecker:
         return pool
 
 
-async def _exchange(conn: UpstreamConnection, request: bytes) -> float | None:
+class _Probe:
+    """The listener of one probe exchange: the status, and the end of the (bounded) body."""
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        self.status = 0
+        self.received = 0
+        self.done: asyncio.Future[None] = conn.loop.create_future()
+
+    def on_head(self, response: ResponseHead) -> None:
+        self.status = response.status
+
+    def on_body(self, data: bytes) -> None:
+        self.received += len(data)
+
+    def on_read_end(self, complete: bool) -> None:
+        if (complete or self.received > MAX_PROBE_BODY) and not self.done.done():
+            self.done.set_result(None)
+
+    def on_error(self, error: ProxyError) -> None:
+        if not self.done.done():
+            self.done.set_exception(error)
+
+
+async def _exchange(conn: UpstreamConnection, request: bytes, timeout: float) -> float | None:
     """Send the probe on `conn`; its RTT when the answer is 2xx/3xx, else None. Raises
     ProxyError when the connection fails. The connection goes back to its pool if reusable."""
+    probe = _Probe(conn)
     try:
-        head, body = conn.begin(head_only=False)
+        conn.begin(probe, head_only=False, timeout=timeout, read_timeout=timeout)
         sent_at = time.monotonic()
         conn.write(request)
-        response = await head
+        await probe.done
         rtt = time.monotonic() - sent_at
-        received = 0
-        while received <= MAX_PROBE_BODY and (data := await body.read()):
-            received += len(data)
-        return rtt if 200 <= response.status < 400 else None
+        return rtt if 200 <= probe.status < 400 else None
     finally:
-        conn.end_exchange()
+        conn.release()
 
 
 def _probe_request(url: str, path: str) -> bytes:

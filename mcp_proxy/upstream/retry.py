@@ -17,6 +17,8 @@ of `window` (retries are forgotten slightly early, never late).
 
 from __future__ import annotations
 
+from mcp_proxy.errors import ANY_METHOD, NEVER
+
 BUCKETS = 10
 
 
@@ -91,3 +93,14 @@ class RetryBudget:
             f"RetryBudget(requests={self._request_total}, retries={self._retry_total}, "
             f"allowance={self._allowance():.1f})"
         )
+
+
+def retry_allowed(
+    retry: int, attempts: int, retries: int, replayable: bool, idempotent: bool
+) -> bool:
+    """May a failed attempt be tried again elsewhere? (errors.py: NEVER, ANY_METHOD,
+    IDEMPOTENT.) Nothing sent (a failed connect): any method. Otherwise only a request that
+    can be sent again whole, with a method that may be repeated. Never past `retries`."""
+    if retry == NEVER or attempts > retries:
+        return False
+    return retry == ANY_METHOD or (replayable and idempotent)

@@ -206,7 +206,7 @@ async def test_ten_thousand_pipelined_requests_in_one_write_are_bounded(
     conn = next(iter(proxy.server.connections))
     # Parsing stops once 8 wait (at most one 16 KiB slice parsed past that); the rest waits
     # unparsed with reading paused, so the kernel holds it, not the proxy.
-    from mcp_proxy.client import MAX_PIPELINED, PARSE_SLICE
+    from mcp_proxy.http1.client import MAX_PIPELINED, PARSE_SLICE
 
     conn = next(iter(proxy.server.connections))
     request_size = len(b"GET /p HTTP/1.1\r\nHost: a\r\n\r\n")

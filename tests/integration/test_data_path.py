@@ -108,11 +108,12 @@ async def test_hop_by_hop_and_connection_listed_headers_are_removed(proxy: Proxy
     assert received["via"] == "1.1 mcp-proxy"
 
 
-async def test_forwarded_for_is_appended(proxy: Proxy):
+async def test_forwarded_for_from_an_untrusted_peer_is_replaced(proxy: Proxy):
+    # SPEC: only a peer inside trusted_proxies (none by default) has its X-Forwarded-* kept.
     async with proxy.client() as http:
         async with http.get("/", headers={"X-Forwarded-For": "10.0.0.1"}) as r:
             received = dict((k.lower(), v) for k, v in (await r.json())["headers"])
-    assert received["x-forwarded-for"] == "10.0.0.1, 127.0.0.1"
+    assert received["x-forwarded-for"] == "127.0.0.1"
 
 
 async def test_request_id_kept_when_sane_else_generated(proxy: Proxy):

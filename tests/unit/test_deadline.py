@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from mcp_proxy.deadline import Deadline
+from mcp_proxy.http1.deadline import Deadline
 
 
 async def fired_within(event: asyncio.Event, seconds: float) -> bool:

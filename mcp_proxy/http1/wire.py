@@ -101,3 +101,11 @@ def chunk(data: bytes) -> bytes:
 
 LAST_CHUNK = b"0\r\n\r\n"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+def json_fields(length: int, request_id: bytes) -> bytes:
+    """The header lines of a JSON error answer of `length` bytes."""
+    return (
+        b"content-type: application/json\r\ncontent-length: %d\r\n"
+        b"cache-control: no-store\r\nx-request-id: %s\r\n" % (length, request_id)
+    )

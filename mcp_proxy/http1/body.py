@@ -101,6 +101,18 @@ class Body:
             return b""
         return None
 
+    async def fill(self, limit: int) -> None:
+        """Wait until the whole body has arrived, or `limit` bytes wait unread (the request
+        buffer: a small body is read whole before the request takes an admission slot)."""
+        limit = min(limit, self.high_water)
+        while not self.done and self._size < limit:
+            if self._error is not None:
+                raise self._error
+            self._waiter = self._loop.create_future()
+            await self._waiter
+        if self._error is not None and not self.done:
+            raise self._error
+
     async def read(self) -> bytes:
         while (data := self.read_nowait()) is None:
             self._waiter = self._loop.create_future()

@@ -1,0 +1,92 @@
+"""What the proxy does to header fields on their way through (RFC 9110 7.6), as pure functions.
+
+Towards the backend: hop-by-hop fields and every field named in Connection are dropped, client
+copies of X-Auth-* (any case, `_` for `-`) too; then the proxy's own fields are added, so no
+Connection option can remove them. X-Forwarded-For ends with the peer; from a trusted proxy
+(`trusted_proxies`) the client's X-Forwarded-For/-Proto/-Host are kept, from anyone else they
+are replaced. Towards the client: the same stripping; the framing is the writer's (http1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from mcp_proxy.http1 import wire
+from mcp_proxy.http1.request import Request
+from mcp_proxy.http1.upstream import ResponseHead
+
+_AUTH_PREFIXES: Final = frozenset({b"x-auth-", b"x_auth_", b"x-auth_", b"x_auth-"})
+_FORWARDED: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+_STRIP_IN: Final = wire.HOP_BY_HOP | wire.REQUEST_OWN | _FORWARDED
+_STRIP_IN_TRUSTED: Final = (wire.HOP_BY_HOP | wire.REQUEST_OWN | {b"x-forwarded-for"}) - {
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+}
+_STRIP_OUT: Final = wire.HOP_BY_HOP | wire.RESPONSE_OWN
+_VIA_LINE: Final = b"via: " + wire.VIA + b"\r\n"
+_VIA_THEN_REQUEST_ID: Final = b"\r\nvia: " + wire.VIA + b"\r\nx-request-id: "
+
+
+def request_head(
+    request: Request, identity: Sequence[tuple[bytes, bytes]], request_id: bytes
+) -> bytes:
+    """The request head sent upstream (the same for every attempt).
+
+    Built as a list of pieces for one join: no formatting, no per-header concatenation.
+    """
+    trusted = request.conn.trusted
+    drop = _STRIP_IN_TRUSTED if trusted else _STRIP_IN
+    if request.connection_tokens:
+        drop = drop | (wire.connection_tokens(request.connection_tokens) - _FORWARDED)
+    parts = [request.method_bytes, b" ", request.target, b" HTTP/1.1\r\n"]
+    proto = host = False
+    for name, value in request.headers:
+        # 120 is "x": only then can it be a client's X-Auth-* (any case, any separator)
+        if name in drop or (name[0] == 120 and name[:7] in _AUTH_PREFIXES):
+            continue
+        if trusted and name in _FORWARDED:
+            proto = proto or name == b"x-forwarded-proto"
+            host = host or name == b"x-forwarded-host"
+        parts += (name, b": ", value, b"\r\n")
+    for name, value in identity:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"x-forwarded-for: ")
+    if trusted and request.forwarded_for is not None:
+        parts += (request.forwarded_for, b", ")
+    parts.append(request.conn.peer)
+    if not proto:
+        parts.append(b"\r\nx-forwarded-proto: http")
+    if not host:
+        parts += (b"\r\nx-forwarded-host: ", request.host or b"")
+    parts += (_VIA_THEN_REQUEST_ID, request_id)
+    if request.chunked:
+        parts.append(b"\r\ntransfer-encoding: chunked\r\n\r\n")
+    elif request.content_length is not None:
+        parts.append(b"\r\ncontent-length: %d\r\n\r\n" % request.content_length)
+    else:
+        parts.append(b"\r\n\r\n")
+    return b"".join(parts)
+
+
+def with_host(head: bytes, request: Request, host_line: bytes) -> bytes:
+    """`head` as sent to a backend: with a Host line when the client sent none (HTTP/1.0).
+
+    The head is built once for every attempt; only this case depends on the backend.
+    """
+    if request.host is not None:
+        return head
+    return head[:-2] + host_line + b"\r\n"
+
+
+def response_fields(response: ResponseHead, request_id: bytes) -> list[bytes]:
+    """The backend's header lines the client receives, and the proxy's own (no framing)."""
+    drop = _STRIP_OUT
+    if response.connection_tokens:
+        drop = drop | wire.connection_tokens(response.connection_tokens)
+    parts: list[bytes] = []
+    for name, value in response.headers:
+        if name not in drop:
+            parts += (name, b": ", value, b"\r\n")
+    parts += (b"x-request-id: ", request_id, b"\r\n", _VIA_LINE)
+    return parts

@@ -1,0 +1,498 @@
+"""The client leg: one asyncio Protocol per client connection, parsing with llhttp (httptools).
+
+Theory of operation. llhttp (strict mode) rejects the framing attacks the field knows: CL+TE,
+bad chunk sizes, bare CR/LF, control bytes in values, duplicate Content-Length. On top of it this
+module enforces what llhttp leaves to the application (`head.py`): header size and count
+limits, one valid Host, `chunked` as the only coding, HTTP/1.0 or 1.1 only, origin-form targets
+with a normalised path, and what to do with `_` in header names.
+
+The connection has two explicit states, one per direction (h11 keeps one per role, too):
+- reading: IDLE (between requests; `idle_timeout`, or `header_timeout` from accept for the
+  first), HEAD (a head is arriving; `header_timeout`), BODY (a request body is arriving;
+  `body_timeout` between reads and `min_rate`), DISCARD (an answer went out before the body
+  was read: the rest is read and dropped for up to `lingering_time`, so the client sees the
+  answer instead of a reset), DONE (no more reading: EOF, or closing).
+- writing (`writer.py`): the one writer of responses, their framing and the keep-alive
+  decision; `send_timeout` and `min_rate` for a client that reads too slowly.
+
+Each complete head becomes a `Request` handed to the handler (the pipeline). Requests that arrive
+pipelined behind it wait in a short queue (reading pauses when it is full) and are served in
+order. A client failure the handler must know of (gone, too slow, body over its limit) reaches
+it through `handler.abandon(request, error)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from time import monotonic
+from typing import TYPE_CHECKING, Final, Protocol, cast
+
+import httptools
+
+from mcp_proxy.errors import ClientError, ClientGone, ProxyError
+from mcp_proxy.http1 import head as checks
+from mcp_proxy.http1.body import Body
+from mcp_proxy.http1.deadline import Deadline
+from mcp_proxy.http1.request import Request
+from mcp_proxy.http1.writer import ResponseWriter
+
+if TYPE_CHECKING:
+    from mcp_proxy.http1.settings import ClientSettings
+
+# Pipelined requests parsed ahead of the one being served: at most MAX_PIPELINED, plus what one
+# PARSE_SLICE holds (llhttp parses whole slices); the rest stays unparsed, reading paused.
+MAX_PIPELINED = 8
+PARSE_SLICE = 16 * 1024
+QUEUED_SLICE = 512
+RATE_WINDOW = 10.0  # min_rate is judged over windows this long
+
+# Reading states (see the module docstring).
+IDLE: Final = 0
+HEAD: Final = 1
+BODY: Final = 2
+DISCARD: Final = 3
+DONE: Final = 4
+READING_NAMES: Final = ("IDLE", "HEAD", "BODY", "DISCARD", "DONE")
+# The moves allowed, as bit masks of the states each state may go to.
+_MOVES: Final = (
+    (1 << HEAD) | (1 << DONE),  # IDLE
+    (1 << IDLE) | (1 << BODY) | (1 << DONE),  # HEAD: a head without a body is a whole request
+    (1 << IDLE) | (1 << DISCARD) | (1 << DONE),  # BODY
+    1 << DONE,  # DISCARD
+    1 << DONE,  # DONE
+)
+
+
+class Handler(Protocol):
+    """What serves requests (the pipeline)."""
+
+    def dispatch(self, request: Request) -> None: ...
+    def abandon(self, request: Request, error: ProxyError) -> None: ...
+
+
+class ClientConnection(asyncio.Protocol):
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        settings: ClientSettings,
+        on_close: Callable[[ClientConnection], None],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.loop = loop or asyncio.get_running_loop()
+        self.handler = handler
+        self.settings = settings
+        self.on_close = on_close
+        self.transport: asyncio.Transport | None = None
+        self.peer = b""
+        self.trusted = False  # the peer is a trusted proxy (its X-Forwarded-* are kept)
+        self.closed = False
+        self.draining = False  # shutdown or half-close: finish the current request, then close
+        self.reading = IDLE
+        self.parser = httptools.HttpRequestParser(self)
+        self.empty_body = Body(self.loop, _nothing, _nothing)
+        self.empty_body.finish()
+        self.parsing: Request | None = None
+        self.head_bytes = 0  # the head's size as llhttp reports it (url and header callbacks)
+        self.raw_head_bytes = 0  # bytes of reads that ended inside the head after its first
+        self.reads = 0
+        self.head_read = 0  # the read in which the current head began
+        self.head_deadline_set = False
+        self.backlog = b""  # unparsed bytes held back while MAX_PIPELINED requests wait
+        self.error: ClientError | None = None
+        self.queue: deque[Request] = deque()
+        self.current: Request | None = None
+        self.deadline = Deadline(self.loop)  # the reading side's: idle, head, body, discard
+        self.window_start = 0.0  # min_rate: the current window of a request body
+        self.window_bytes = 0
+        self.reading_paused = 0  # a count: the body and the pipeline queue may each pause it
+        self.writer = ResponseWriter(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"<ClientConnection {self.peer.decode()} reading={READING_NAMES[self.reading]} "
+            f"{self.writer!r} current={self.current!r} queued={len(self.queue)}>"
+        )
+
+    def _move(self, state: int) -> None:
+        if not _MOVES[self.reading] & (1 << state):
+            raise AssertionError(f"{READING_NAMES[self.reading]} -> {READING_NAMES[state]}")
+        self.reading = state
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.writer.attach(self.transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0].encode() if peer else b""
+        self.trusted = self.settings.is_trusted(peer[0]) if peer else False
+        # The first request's head is due within header_timeout of the accept (cheap
+        # slowloris: a silent connection is not idle, it is a head that never starts).
+        self.deadline.set(self.settings.header_timeout, self._head_expired)
+
+    def data_received(self, data: bytes) -> None:
+        if self.reading >= DISCARD:
+            return  # lingering (read and drop), or closing
+        if self.backlog:
+            self.backlog += data  # bytes already in flight when reading paused
+            return
+        self.reads += 1
+        self._consume(data)
+
+    def _consume(self, data: bytes) -> None:
+        """Feed llhttp. A large read goes in slices, and parsing stops once MAX_PIPELINED
+        requests wait: llhttp parses everything it is given, so without this a single read
+        of tiny pipelined requests would become thousands of queued Request objects."""
+        offset = 0
+        while offset < len(data):
+            if len(self.queue) >= MAX_PIPELINED:
+                self.backlog = data[offset:]
+                self._pause_reading()  # resumed once `_next` has fed the backlog
+                return
+            size = QUEUED_SLICE if self.queue else PARSE_SLICE
+            piece = data if offset == 0 and len(data) <= size else data[offset : offset + size]
+            offset += len(piece)
+            try:
+                self._feed(piece)
+            except httptools.HttpParserError as exc:
+                self._reject(self.error or _parse_error(exc))
+                return
+            if self.reading >= DISCARD:
+                return
+        if self.reading == HEAD:
+            self._unfinished_head(len(data))
+
+    def _feed(self, data: bytes) -> None:
+        while True:
+            try:
+                self.parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as upgrade:
+                # We do not switch protocols: the request was served as plain HTTP (its
+                # Upgrade header stripped), so parsing simply goes on after it.
+                data = data[upgrade.args[0] :]
+                if not data:
+                    return
+
+    def _unfinished_head(self, size: int) -> None:
+        """The read ended inside a request head: bound what llhttp holds, arm the deadline."""
+        if self.head_read != self.reads:
+            # The head spans reads, so this whole read belongs to it (llhttp buffers an
+            # unfinished header line inside the parser, beyond what on_header has counted).
+            self.raw_head_bytes += size
+            if self.raw_head_bytes > self.settings.max_header_bytes:
+                self._reject(ClientError(431, "request header fields too large"))
+                return
+        if not self.head_deadline_set and self.current is None:
+            self.head_deadline_set = True
+            self.deadline.set(self.settings.header_timeout, self._head_expired)
+
+    def eof_received(self) -> bool:
+        if self.parsing is not None and self.reading == BODY:
+            self._abandon_parsing(ClientGone("client closed mid-body"))
+        if self.reading == DISCARD:
+            return False
+        current = self.current
+        if current is not None and current.queued:
+            # Closed while waiting for admission: the client gave up (nginx 499, HAProxy
+            # `abortonclose`). It leaves the queue now instead of taking a slot later.
+            return False
+        # Half-close: keep the socket open so an in-flight response can still be written.
+        self.draining = True
+        return current is not None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.reading = DONE
+        self.deadline.cancel()
+        self.writer.lost()
+        gone = ClientGone("client disconnected")
+        for request in (self.parsing, *self.queue):
+            if request is not None:
+                request.body.fail(gone)
+        current, self.current = self.current, None
+        if current is not None:
+            current.body.fail(gone)
+            self.handler.abandon(current, gone)
+        self.on_close(self)
+
+    def pause_writing(self) -> None:
+        self.writer.paused()
+
+    def resume_writing(self) -> None:
+        self.writer.resumed()
+
+    # -- httptools callbacks -----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.parsing = Request(self)
+        self._move(HEAD)
+        self.head_bytes = 0
+        self.raw_head_bytes = 0
+        self.head_read = self.reads
+        self.head_deadline_set = False
+        if self.current is None:
+            self.deadline.clear()  # no longer idle
+
+    def on_url(self, url: bytes) -> None:
+        assert self.parsing is not None
+        self.parsing.target += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self.parsing
+        assert request is not None
+        self._count_head(len(name) + len(value) + 4)
+        name = name.lower()
+        if 95 in name and not self._underscore_allowed(name):  # 95: "_"
+            return
+        request.headers.append((name, value))
+        if len(request.headers) > self.settings.max_headers:
+            self._fail_parse(ClientError(431, "too many request header fields"))
+        noted = checks.NOTED.get(name)
+        if noted is not None:
+            self._checked(noted, request, value)
+
+    def on_headers_complete(self) -> None:
+        request = self.parsing
+        assert request is not None
+        parser = self.parser
+        request.method_bytes = method = parser.get_method()
+        request.method = checks.METHOD_NAMES.get(method) or method.decode("ascii")
+        request.keep_alive = bool(parser.should_keep_alive())
+        # Without a Connection header llhttp keeps only HTTP/1.1 alive (1.0, 0.9, 2.0 are
+        # not) and marks no upgrade, so the common request needs neither get_http_version
+        # (it formats a string) nor should_upgrade.
+        if request.keep_alive and not request.connection_tokens:
+            upgrade = False  # and request.version stays b"1.1"
+        else:
+            request.version = parser.get_http_version().encode("ascii")
+            upgrade = bool(parser.should_upgrade())
+        self._checked_head(request, upgrade)
+        if request.chunked or request.content_length:
+            request.body = Body(self.loop, self._pause_reading, self._resume_reading)
+            self._move(BODY)
+            self.window_start, self.window_bytes = monotonic(), 0
+            self.deadline.set(self.settings.body_timeout, self._body_expired)
+        else:
+            self._move(IDLE)
+        request.started = monotonic()
+        if self.head_deadline_set and request.body.done:
+            self.deadline.clear()
+        if self.current is None:
+            self._start(request)
+        else:
+            self.queue.append(request)
+
+    def on_body(self, data: bytes) -> None:
+        request = self.parsing
+        assert request is not None
+        if request.body.received + len(data) > self.settings.max_body_bytes:
+            self._fail_parse(ClientError(413, "request body too large"))
+        request.body.feed(data)
+        self._body_progress(len(data))
+
+    def on_message_complete(self) -> None:
+        request = self.parsing
+        assert request is not None
+        request.body.finish()
+        self.parsing = None
+        if self.reading == BODY:
+            self._move(IDLE)
+            self.deadline.clear()
+
+    # -- checks (the rules themselves are in head.py) -------------------------------------------
+    def _checked(self, check: checks.Check, request: Request, value: bytes) -> None:
+        try:
+            check(request, value)
+        except ClientError as error:
+            self._fail_parse(error)
+
+    def _checked_head(self, request: Request, upgrade: bool) -> None:
+        try:
+            checks.check_head(request, upgrade, self.settings.max_body_bytes)
+        except ClientError as error:
+            self._fail_parse(error)
+
+    def _underscore_allowed(self, name: bytes) -> bool:
+        """`X_Forwarded_For` must not pose as `X-Forwarded-For` to a backend that folds `_`."""
+        policy = self.settings.headers_with_underscores
+        if policy == "reject":
+            self._fail_parse(ClientError(400, "header name with '_'"))
+        return policy == "allow"
+
+    def _count_head(self, size: int) -> None:
+        self.head_bytes += size
+        if self.head_bytes > self.settings.max_header_bytes:
+            self._fail_parse(ClientError(431, "request header fields too large"))
+
+    def _fail_parse(self, error: ClientError) -> None:
+        self.error = error
+        raise error
+
+    # -- the request body's pace ----------------------------------------------------------------
+    def _body_progress(self, size: int) -> None:
+        settings = self.settings
+        self.deadline.set(settings.body_timeout, self._body_expired)
+        self.window_bytes += size
+        if settings.min_rate:
+            now = monotonic()
+            elapsed = now - self.window_start
+            if elapsed >= RATE_WINDOW:
+                if self.window_bytes < settings.min_rate * elapsed:
+                    self._fail_parse(ClientError(408, "request body arrives too slowly"))
+                self.window_start, self.window_bytes = now, 0
+
+    def _body_expired(self) -> None:
+        if self.reading == BODY:
+            self._reject(ClientError(408, "request body not received in time"))
+
+    def _abandon_parsing(self, error: ProxyError) -> None:
+        """The request whose body is arriving failed: whoever reads it learns why."""
+        request = self.parsing
+        if request is None:
+            return
+        request.body.fail(error)
+        if request is self.current:
+            self.handler.abandon(request, error)
+
+    # -- serving ------------------------------------------------------------------------------
+    def _start(self, request: Request) -> None:
+        self.current = request
+        self.writer.begin(request)
+        self.handler.dispatch(request)
+
+    def finished(self, request: Request) -> None:
+        """The writer is done with `request`'s response: serve the next one, linger or close."""
+        if self.current is request:
+            self.current = None
+        if self.closed:
+            return
+        if not request.keep_alive or self.draining:
+            self._end(request)
+        elif self.queue:
+            self._start(self.queue.popleft())
+            if self.backlog and len(self.queue) < MAX_PIPELINED:
+                backlog, self.backlog = self.backlog, b""
+                self._resume_reading()
+                self._consume(backlog)
+        elif self.reading == HEAD:
+            self.head_deadline_set = True
+            self.deadline.set(self.settings.header_timeout, self._head_expired)
+        elif self.reading == IDLE:
+            self.deadline.set(self.settings.idle_timeout, self._idle_expired)
+
+    def _end(self, request: Request) -> None:
+        """No more requests on this connection: close, or linger while a body is unread."""
+        if request.body.done or self.reading != BODY or self.settings.lingering_time <= 0:
+            self.close()
+            return
+        self._linger()
+
+    def _linger(self) -> None:
+        """Read and drop what the client still sends, for up to lingering_time, then close
+        (nginx `lingering_close`): closing with unread input would reset the connection and
+        the client could lose the answer it was sent."""
+        if self.parsing is not None:
+            self.parsing.body.fail(ClientGone("answered before the body was read"))
+        self.parsing = None
+        self.queue.clear()
+        self.backlog = b""
+        self._move(DISCARD)
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if transport.can_write_eof():
+            transport.write_eof()  # the answer is whole: the client sees it end at once
+        if self.reading_paused:
+            self.reading_paused = 0
+            transport.resume_reading()
+        self.deadline.set(self.settings.lingering_time, self.close)
+
+    def _reject(self, error: ClientError) -> None:
+        """A malformed, over-limit or too slow request: answer it (if it can be) and end."""
+        given = self.parsing.request_id if self.parsing is not None else None
+        # Linger only for a client that may still be sending a body in good faith; one that
+        # was too slow (408) is cut at once.
+        lingers = error.status != 408 and (
+            self.reading == BODY or (error.status == 413 and self.reading == HEAD)
+        )
+        if not lingers:
+            self.reading = DONE
+        if self.parsing is not None and self.parsing is self.current:
+            self._abandon_parsing(error)  # the handler answers it (or cuts its response)
+            return
+        if self.parsing is not None:
+            self.parsing.body.fail(error)
+        self.parsing = None
+        self.queue.clear()
+        if self.current is not None:
+            self.current.keep_alive = False  # close after the one in service
+            self.reading = DONE
+            return
+        self.writer.error_alone(error, given)
+        if lingers and self.settings.lingering_time > 0:
+            self.reading = BODY  # what the client is still sending is a body we will not read
+            self._linger()
+        else:
+            self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.reading = DONE
+            self.deadline.cancel()
+            self.writer.closing()
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Cut the connection at once (a response that cannot be completed, a stalled reader)."""
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    def start_draining(self) -> None:
+        """Shutdown: an idle connection closes now, a busy one after its current response."""
+        self.draining = True
+        if self.current is None:
+            self.close()
+
+    # -- timers and flow control ----------------------------------------------------------------
+    def _head_expired(self) -> None:
+        if self.current is not None:
+            return
+        if self.parsing is None:
+            self.close()  # nothing at all arrived: no answer owed (nginx closes, too)
+        else:
+            self._reject(ClientError(408, "request head not received in time"))
+
+    def _idle_expired(self) -> None:
+        if self.current is None and self.parsing is None:
+            self.close()
+
+    def _pause_reading(self) -> None:
+        self.reading_paused += 1
+        if self.reading_paused == 1 and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        self.reading_paused -= 1
+        if self.reading_paused == 0 and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+
+def _nothing() -> None:
+    return None
+
+
+def _parse_error(exc: Exception) -> ClientError:
+    reason = _reason(exc)
+    if reason == "Invalid HTTP version":  # llhttp knows 0.9, 1.x and 2.0 only
+        return ClientError(505, "HTTP version not supported")
+    return ClientError(400, f"malformed request: {reason}")
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc.args[0]) if exc.args else type(exc).__name__
+    return text.split(":", 1)[-1].strip().strip("`") or type(exc).__name__

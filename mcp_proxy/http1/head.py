@@ -1,0 +1,150 @@
+"""The checks a request head must pass beyond llhttp's, as pure functions raising ClientError.
+
+llhttp (strict) validates the syntax; these enforce the rules a proxy adds: one valid Host that
+agrees with an absolute-form target, `chunked` as the only transfer coding and never on
+HTTP/1.0, HTTP/1.0 or 1.1 only (505), a bounded declared body (413), no CONNECT, and the path
+normalised once (path.py), so that routes see what the backend will receive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mcp_proxy.errors import ClientError
+from mcp_proxy.http1.path import UnsafePath, normalize_path
+from mcp_proxy.http1.request import Request
+
+Check = Callable[[Request, bytes], None]
+
+# RFC 3986 host: reg-name, IPv4 or [IPv6], then an optional :port. Deleting these bytes from a
+# valid Host leaves nothing (one C call per request, no regular expression).
+_HOST_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:[]%"
+_VERSIONS = frozenset({b"1.1", b"1.0"})
+
+
+def check_head(request: Request, upgrade: bool, max_body_bytes: int) -> None:
+    """Every check that needs the whole head; the target is normalised last."""
+    if request.method == "CONNECT":
+        raise ClientError(405, "CONNECT is not supported")
+    if request.version not in _VERSIONS:
+        raise ClientError(505, "HTTP version not supported")
+    if request.host is None and request.version != b"1.0":
+        raise ClientError(400, "missing Host header")
+    if request.chunked and request.version == b"1.0":
+        raise ClientError(400, "Transfer-Encoding on an HTTP/1.0 request")
+    if not request.target.startswith(b"/"):
+        _absolute_target(request)
+    if request.host is not None and not valid_host(request.host):
+        raise ClientError(400, "invalid Host header")
+    if request.content_length is not None and request.content_length > max_body_bytes:
+        raise ClientError(413, "request body too large")
+    if upgrade and (request.chunked or request.content_length):
+        # llhttp would skip this body as "upgraded" bytes; refuse rather than misframe.
+        raise ClientError(400, "Upgrade with a request body is not supported")
+    _normalise_target(request)
+
+
+def valid_host(host: bytes) -> bool:
+    """host[:port]: a reg-name or IPv4 address, or an [IPv6] literal; the port all digits."""
+    if not host or host.translate(None, _HOST_BYTES):
+        return False
+    if host[0] == 91:  # "[": an IPv6 literal, then nothing or ":port"
+        end = host.find(b"]")
+        name, rest = host[1:end], host[end + 1 :]
+        if end < 0 or not name or (rest and (rest[0] != 58 or not _port(rest[1:]))):
+            return False
+        return b"[" not in name
+    name, colon, port = host.partition(b":")
+    if b"[" in host or b"]" in host or not name:
+        return False
+    return not colon or _port(port)
+
+
+def _port(text: bytes) -> bool:
+    return 0 < len(text) <= 5 and text.isdigit()
+
+
+def _absolute_target(request: Request) -> None:
+    target = request.target
+    if not target.lower().startswith((b"http://", b"https://")):
+        raise ClientError(400, "request target must be a path")
+    authority, slash, rest = target.split(b"://", 1)[1].partition(b"/")
+    if request.host is not None and authority.lower() != request.host.lower():
+        raise ClientError(400, "request target host differs from Host")
+    request.host = authority
+    request.target = slash + rest if slash else b"/"
+
+
+def _normalise_target(request: Request) -> None:
+    path, mark, query = request.target.partition(b"?")
+    try:
+        normal = normalize_path(path)
+    except UnsafePath as unsafe:
+        raise ClientError(400, f"unsafe path: {unsafe}") from None
+    if normal is not path:
+        request.target = normal + mark + query
+    request.path = normal.decode("latin-1")
+
+
+def note_host(request: Request, value: bytes) -> None:
+    if request.host is not None:
+        raise ClientError(400, "more than one Host header")
+    request.host = value
+
+
+def note_content_length(request: Request, value: bytes) -> None:
+    request.content_length = int(value)  # llhttp validated digits and rejected duplicates
+
+
+def note_transfer_encoding(request: Request, value: bytes) -> None:
+    codings = [coding.strip() for coding in value.lower().split(b",")]
+    if request.chunked or codings.count(b"chunked") > 1:
+        raise ClientError(400, "chunked given more than once")
+    if codings != [b"chunked"]:
+        raise ClientError(501, "only Transfer-Encoding: chunked is supported")
+    request.chunked = True
+
+
+def note_connection(request: Request, value: bytes) -> None:
+    request.connection_tokens.append(value)
+
+
+def note_expect(request: Request, value: bytes) -> None:
+    if value.strip().lower() == b"100-continue":
+        request.expect_continue = True
+
+
+def note_authorization(request: Request, value: bytes) -> None:
+    # The proxy verifies one value and forwards every line: a second one could carry an
+    # unverified token to a backend that reads the first (RFC 9110 5.3: not a list field).
+    if request.authorization is not None:
+        raise ClientError(400, "more than one Authorization header")
+    request.authorization = value
+
+
+def note_request_id(request: Request, value: bytes) -> None:
+    request.request_id = value
+
+
+def note_forwarded_for(request: Request, value: bytes) -> None:
+    previous = request.forwarded_for
+    request.forwarded_for = value if previous is None else previous + b", " + value
+
+
+# Headers noted while parsing, so the pipeline never scans the list for them.
+NOTED: dict[bytes, Check] = {
+    b"host": note_host,
+    b"content-length": note_content_length,
+    b"transfer-encoding": note_transfer_encoding,
+    b"connection": note_connection,
+    b"expect": note_expect,
+    b"authorization": note_authorization,
+    b"x-request-id": note_request_id,
+    b"x-forwarded-for": note_forwarded_for,
+}
+
+# The str of each common method, looked up instead of decoded per request.
+METHOD_NAMES = {
+    name.encode(): name
+    for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
+}

@@ -1,0 +1,238 @@
+"""The one writer to a client: response heads and bodies, their framing, keep-alive, pace.
+
+Every byte a client receives goes through here: a relayed response (`start`, `body`, `end`),
+the proxy's own answers (`answer`), the 100 Continue. So the two decisions a response carries
+are made once: its framing (Content-Length, chunked, or close-delimited for an HTTP/1.0 client)
+and whether the connection stays open after it (`start`).
+
+Parts of a response are collected and sent by `flush()` in one writelines (uvloop gathers them
+into one writev): the upstream leg flushes once per read, so a small response whose head and
+body arrive in one read leaves in one send.
+
+States: IDLE (no request), WAITING (a request is served, nothing sent), STREAMING (the head
+went out), COMPLETE, CLOSED. A client that reads too slowly is cut: nothing drained for
+`send_timeout`, or less than `min_rate` bytes/s over a window while the buffer stays full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from time import monotonic
+from typing import TYPE_CHECKING, Final, Protocol
+
+from mcp_proxy.errors import ClientError, ProxyError
+from mcp_proxy.http1 import wire
+from mcp_proxy.http1.deadline import Deadline
+
+if TYPE_CHECKING:
+    from mcp_proxy.http1.client import ClientConnection
+    from mcp_proxy.http1.request import Request
+
+IDLE: Final = 0
+WAITING: Final = 1
+STREAMING: Final = 2
+COMPLETE: Final = 3
+CLOSED: Final = 4
+STATE_NAMES: Final = ("IDLE", "WAITING", "STREAMING", "COMPLETE", "CLOSED")
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+RATE_WINDOW: Final = 10.0
+_KEEP_ALIVE_10: Final = b"connection: keep-alive\r\n\r\n"
+_CLOSE: Final = b"connection: close\r\n\r\n"
+
+
+class Producer(Protocol):
+    """What feeds a streamed response (the upstream leg): paused while the client is slow."""
+
+    def pause_producing(self) -> None: ...
+    def resume_producing(self) -> None: ...
+
+
+class ResponseWriter:
+    __slots__ = (
+        "chunked", "committed", "conn", "deadline", "is_paused", "out", "producer", "request",
+        "sent", "state", "transport", "window_sent", "window_start",
+    )  # fmt: skip
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+        self.transport: asyncio.Transport | None = None
+        self.state = IDLE
+        self.request: Request | None = None
+        self.out: list[bytes] = []
+        self.chunked = False
+        self.committed = False
+        self.producer: Producer | None = None
+        self.is_paused = False
+        self.sent = 0
+        self.window_start = 0.0
+        self.window_sent = 0
+        self.deadline = Deadline(conn.loop)  # send_timeout while the client does not read
+
+    def __repr__(self) -> str:
+        return f"<ResponseWriter {STATE_NAMES[self.state]} sent={self.sent}>"
+
+    def attach(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    @property
+    def started(self) -> bool:
+        """Response bytes went out: the proxy can no longer answer itself. (A head still
+        queued is not out: an error now replaces it with the proxy's own answer.)"""
+        return self.committed
+
+    def begin(self, request: Request) -> None:
+        self.state = WAITING
+        self.request = request
+        self.chunked = False
+        self.producer = None
+        self.committed = False
+
+    # -- a relayed response -------------------------------------------------------------------
+    def start(self, request: Request, status: int, fields: list[bytes], length: int | None) -> bool:
+        """Queue the head of a response: `fields` are its header lines; returns whether a
+        body follows (then `body()` pieces and `end()`)."""
+        framing, has_body = self._framing(request, status, length)
+        fields.insert(0, wire.status_line(status))
+        fields.append(framing)
+        fields.append(self._connection(request))
+        self.out.append(b"".join(fields))
+        self.state = STREAMING
+        return has_body
+
+    def body(self, data: bytes) -> None:
+        if data:
+            self.out.append(wire.chunk(data) if self.chunked else data)
+
+    def end(self, request: Request) -> None:
+        """The response is whole: send what is queued; the connection serves the next one."""
+        if self.chunked:
+            self.out.append(wire.LAST_CHUNK)
+        self.flush()
+        self._complete(request)
+
+    def flush(self) -> None:
+        out = self.out
+        if not out:
+            return
+        self.out = []
+        transport = self.transport
+        if transport is None or self.state == CLOSED:
+            return
+        self.committed = True
+        if len(out) == 1:
+            self.sent += len(out[0])
+            transport.write(out[0])
+        else:
+            self.sent += sum(len(part) for part in out)
+            transport.writelines(out)
+
+    def cut(self) -> None:
+        """The response cannot be completed: cut the connection, never a short body as whole."""
+        self.out = []
+        self.state = CLOSED
+        self.conn.abort()
+
+    # -- answers of the proxy's own -------------------------------------------------------------
+    def answer(self, request: Request, request_id: bytes, error: ProxyError) -> None:
+        """The proxy's own short JSON answer for `request`; nothing of a response went out."""
+        body = wire.error_body(error.message, request_id)
+        fields = [wire.status_line(error.status), wire.json_fields(len(body), request_id)]
+        fields.extend(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in error.headers)
+        fields.append(self._connection(request))
+        fields.append(body)
+        self.out = [b"".join(fields)]
+        self.chunked = False
+        self.state = STREAMING
+        self.end(request)
+
+    def error_alone(self, error: ClientError, given_id: bytes | None) -> None:
+        """A malformed request answered outside any request in service; the connection ends."""
+        request_id = wire.request_id_for(given_id)
+        body = wire.error_body(error.message, request_id)
+        transport = self.transport
+        if transport is not None and self.state != CLOSED:
+            transport.write(
+                b"".join((wire.status_line(error.status), wire.json_fields(len(body), request_id),
+                          _CLOSE, body))
+            )  # fmt: skip
+
+    def send_continue(self, request: Request) -> None:
+        if self.state == WAITING and self.transport is not None:
+            self.transport.write(CONTINUE)
+
+    # -- framing and keep-alive: decided here only ------------------------------------------------
+    def _framing(self, request: Request, status: int, length: int | None) -> tuple[bytes, bool]:
+        if request.method == "HEAD" or status == 304:
+            return (b"" if length is None else b"content-length: %d\r\n" % length), False
+        if status == 204:
+            return b"", False
+        if length is not None:
+            return b"content-length: %d\r\n" % length, True
+        if request.version == b"1.1":
+            self.chunked = True
+            return b"transfer-encoding: chunked\r\n", True
+        request.keep_alive = False  # HTTP/1.0 client, length unknown: the close ends the body
+        return b"", True
+
+    def _connection(self, request: Request) -> bytes:
+        """The keep-alive decision: the connection stays only when the client asked for it,
+        the proxy is not draining, and no unread request body is left on the wire."""
+        if not request.keep_alive or self.conn.draining or not request.body.done:
+            request.keep_alive = False
+            return _CLOSE
+        if request.version == b"1.0":
+            return _KEEP_ALIVE_10
+        return b"\r\n"
+
+    def _complete(self, request: Request) -> None:
+        if self.state != CLOSED:
+            self.state = COMPLETE
+        self.producer = None
+        self.request = None
+        self.deadline.clear()
+        self.conn.finished(request)
+
+    # -- pace: the client's reading ---------------------------------------------------------------
+    def paused(self) -> None:
+        """The transport's buffer is full: pause the producer, start the send clock."""
+        self.is_paused = True
+        producer = self.producer
+        if producer is not None:
+            producer.pause_producing()
+        if self._too_slow(monotonic()):
+            self.cut()
+            return
+        self.deadline.set(self.conn.settings.send_timeout, self._send_expired)
+
+    def resumed(self) -> None:
+        self.is_paused = False
+        self.deadline.clear()
+        producer = self.producer
+        if producer is not None:
+            producer.resume_producing()
+
+    def _too_slow(self, now: float) -> bool:
+        min_rate = self.conn.settings.min_rate
+        if not min_rate or self.transport is None:
+            return False
+        if not self.window_start:
+            self.window_start, self.window_sent = now, self.sent
+            return False
+        elapsed = now - self.window_start
+        if elapsed < RATE_WINDOW:
+            return False
+        delivered = self.sent - self.transport.get_write_buffer_size() - self.window_sent
+        self.window_start, self.window_sent = now, self.sent
+        return delivered < min_rate * elapsed
+
+    def _send_expired(self) -> None:
+        if self.is_paused:
+            self.cut()  # connection_lost tells the pipeline (ClientGone)
+
+    def closing(self) -> None:
+        self.deadline.cancel()
+
+    def lost(self) -> None:
+        self.state = CLOSED
+        self.out = []
+        self.deadline.cancel()
