@@ -2,21 +2,29 @@
 
 How this works (one request):
 
-    client.py     ClientConnection (asyncio Protocol + llhttp) parses the head, enforces limits
-    pipeline.py   dispatch(request): snapshot -> route -> token -> admission -> proxy -> record
+    http1/        the project's own HTTP/1 engine (it imports nothing from upstream/ or the
+                  pipeline): client.py ClientConnection (asyncio Protocol + llhttp; reading
+                  states IDLE/HEAD/BODY/DISCARD/DONE, limits, body pace, lingering close),
+                  writer.py the one writer to a client (framing, keep-alive, send pace),
+                  upstream.py UpstreamConnection (IDLE/SENT/BODY/DONE/CLOSED; a response ends
+                  exactly where its framing says), head.py head checks, path.py the path
+                  normaliser, request.py, body.py, deadline.py, wire.py, settings.py
+    pipeline.py   the phases of one request, run by one driver: ROUTE -> AUTH -> BUFFER ->
+                  ADMIT -> PICK -> CONNECT -> SEND -> RELAY -> DONE; every failure through
+                  one `fail` (retry as a new attempt, or `_answer`: errors become HTTP there)
+    flight.py     Flight (one request's state) and Attempt (one try on one backend)
+    headers.py    what happens to header fields on the way (hop-by-hop, X-Forwarded-*, Via)
     runtime.py    Runtime: everything computed once from one config; RuntimeRef.current
     routing.py    Router: first match wins (path prefix, methods, host, headers)
     auth/         JWT verification (pyjwt) with a verified-token cache; key sets (file/URL/env)
     admission/    priority queue (pure) and its asyncio gate
     upstream/     rtt (peak-EWMA), balancer (lowest_rtt, round_robin, least_request), health
                   (hysteresis, outlier ejection), health_check (probe loops), dns (aiodns
-                  refresh), pool (keep-alive connections, llhttp response parser), backend
-                  (one backend's live state), retry (budget), forward (headers, streaming
-                  both ways, timeouts, retries)
+                  refresh), pool (idle keep-alive connections per backend), backend (one
+                  backend's live state), retry (budget, and when a retry is allowed)
     reload.py     validate, build, warm, swap one reference
     server.py     listeners, start-up and graceful shutdown;  admin.py  the admin endpoints
     metrics.py    every Prometheus collector; tally.py  per-request counts read at scrape time
-    deadline.py   a deadline moved by float stores (one lazily re-armed timer per connection)
     build.py      which modules run compiled (setup.py: MCP_PROXY_COMPILE=1 compiles the
                   request path with mypyc);  demo.py  `mcp-proxy demo`;  cli.py  commands
     config/       model (frozen, typed), load (YAML with line numbers), check (cross-references)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from time import monotonic
 from typing import Any, Final, cast
 
@@ -33,6 +33,23 @@ from mcp_proxy.errors import (
     NoRoute,
     ProxyError,
     UpstreamError,
+)
+from mcp_proxy.flight import (
+    ADMIT,
+    ADMITTED,
+    AUTH,
+    AUTHORIZED,
+    BUFFER,
+    CONNECTED,
+    DONE,
+    PICK,
+    RELAY,
+    ROUTE,
+    SEND,
+    Attempt,
+    Flight,
+    framed,
+    replayable,
 )
 from mcp_proxy.headers import request_head, response_fields, with_host
 from mcp_proxy.http1 import wire
@@ -49,98 +66,6 @@ log = logging.getLogger("mcp_proxy")
 NO_IDENTITY: Sequence[tuple[bytes, bytes]] = ()
 _RETRY_STATUSES: Final = frozenset({502, 503})
 
-ROUTE: Final = 0
-AUTH: Final = 1
-AUTHORIZED: Final = 2
-BUFFER: Final = 3
-ADMIT: Final = 4
-ADMITTED: Final = 5
-PICK: Final = 6
-CONNECTED: Final = 7
-SEND: Final = 8
-RELAY: Final = 9  # from here on the upstream connection's callbacks move the flight
-DONE: Final = 10
-PHASE_NAMES: Final = (
-    "ROUTE", "AUTH", "AUTHORIZED", "BUFFER", "ADMIT", "ADMITTED", "PICK", "CONNECTED", "SEND",
-    "RELAY", "DONE",
-)  # fmt: skip
-
-
-class Flight:
-    """One request on its way; `phase` says where."""
-
-    __slots__ = (
-        "attempt", "attempts", "backend", "body", "head", "identity", "klass",
-        "last_error", "phase", "request", "request_id", "route", "runtime", "slot", "stale",
-        "stale_retried", "status", "task", "tried", "value", "waited",
-    )  # fmt: skip
-
-    def __init__(self, runtime: Runtime, request: Request, request_id: bytes) -> None:
-        self.runtime = runtime  # taken once: a reload never changes a request mid-flight
-        self.request = request
-        self.request_id = request_id
-        self.phase = ROUTE
-        self.route: Route | None = None
-        self.identity: Identity | None = None
-        self.klass = -1
-        self.waited = 0.0
-        self.slot = False  # holds an admission slot
-        self.value: Any = None  # what the last wait gave
-        self.task: asyncio.Task[None] | None = None
-        self.head = b""  # the request head for every attempt
-        self.body: bytes | None = None  # a request body read whole (replayable)
-        self.attempt: Attempt | None = None
-        self.attempts = 0
-        self.tried: list[Backend] = []
-        self.last_error: ProxyError | None = None
-        self.stale: Backend | None = None  # retry once on a new connection to this backend
-        self.stale_retried = False
-        self.backend: Backend | None = None
-        self.status = 0
-
-    def __repr__(self) -> str:
-        return f"<Flight {self.request!r} {PHASE_NAMES[self.phase]} attempts={self.attempts}>"
-
-
-class Attempt:
-    """One try of a flight on one backend: the listener of its upstream exchange."""
-
-    __slots__ = ("backend", "conn", "flight", "ok", "pipeline", "relaying", "sent_at", "upload")
-
-    def __init__(self, pipeline: Pipeline, flight: Flight, backend: Backend) -> None:
-        self.pipeline = pipeline
-        self.flight = flight
-        self.backend = backend
-        self.conn: UpstreamConnection | None = None
-        self.sent_at = 0.0
-        self.ok = False
-        self.relaying = False
-        self.upload: asyncio.Task[None] | None = None
-
-    def on_head(self, response: ResponseHead) -> None:
-        if self.flight.attempt is self:
-            self.pipeline.relay_head(self, response)
-
-    def on_body(self, data: bytes) -> None:
-        if self.relaying:
-            self.flight.request.conn.writer.body(data)
-
-    def on_read_end(self, complete: bool) -> None:
-        if self.flight.attempt is self:
-            self.pipeline.relay_read_end(self, complete)
-
-    def on_error(self, error: ProxyError) -> None:
-        if self.flight.attempt is self:
-            self.pipeline.fail(self.flight, error)
-
-    def pause_producing(self) -> None:
-        if self.conn is not None:
-            self.conn.pause_reading()
-
-    def resume_producing(self) -> None:
-        if self.conn is not None:
-            self.conn.resume_reading()
-
 
 class Pipeline:
     def __init__(self, ref: RuntimeRef, metrics: Metrics) -> None:
@@ -148,10 +73,6 @@ class Pipeline:
         self.count_rejected = metrics.count_rejected
         self.request_counts = metrics.requests  # bound once: Metrics is not compiled
         self.rng = random.Random()
-        self.phases: tuple[Callable[[Flight], Awaitable[Any] | None], ...] = (
-            self._route, self._auth, self._authorized, self._buffer, self._admit,
-            self._admitted, self._pick, self._connected, self._send,
-        )  # fmt: skip
 
     # -- the client leg's Handler ---------------------------------------------------------------
     def dispatch(self, request: Request) -> None:
@@ -175,15 +96,41 @@ class Pipeline:
 
     # -- the driver -------------------------------------------------------------------------------
     def _drive(self, flight: Flight) -> None:
-        phases = self.phases
         try:
             while flight.phase < RELAY:
-                wait = phases[flight.phase](flight)
+                wait = self._step(flight)
                 if wait is not None:
                     flight.task = asyncio.ensure_future(self._resume(flight, wait))
                     return
         except Exception as error:  # every phase's failure lands here, mapped once
             self.fail(flight, error)
+
+    def _step(self, flight: Flight) -> Awaitable[Any] | None:
+        """Run the flight's phase. (An if-chain, not a table of bound methods: compiled, each
+        branch is a direct call.)"""
+        phase = flight.phase
+        if phase == ROUTE:
+            self._route(flight)
+            return None
+        if phase == AUTH:
+            return self._auth(flight)
+        if phase == AUTHORIZED:
+            self._authorized(flight)
+            return None
+        if phase == BUFFER:
+            return self._buffer(flight)
+        if phase == ADMIT:
+            return self._admit(flight)
+        if phase == ADMITTED:
+            self._admitted(flight)
+            return None
+        if phase == PICK:
+            return self._pick(flight)
+        if phase == CONNECTED:
+            self._connected(flight)
+            return None
+        self._send(flight)
+        return None
 
     async def _resume(self, flight: Flight, wait: Awaitable[Any]) -> None:
         try:
@@ -312,7 +259,7 @@ class Pipeline:
         elif request.body.done or flight.body is not None:
             if flight.body is None:
                 flight.body = request.body.read_nowait() or b""
-            conn.write(head + _framed(flight.body, request.chunked))
+            conn.write(head + framed(flight.body, request.chunked))
         else:
             if request.expect_continue:
                 request.expect_continue = False  # once, even across retries
@@ -397,9 +344,9 @@ class Pipeline:
         request = flight.request
         if request.conn.closed or request.conn.writer.started:
             return False  # nobody to answer, or response bytes went out: nothing can be fixed
-        replayable = _replayable(flight)
+        whole = replayable(flight)
         idempotent = request.method in wire.IDEMPOTENT_METHODS
-        if error.stale and not flight.stale_retried and replayable and idempotent:
+        if error.stale and not flight.stale_retried and whole and idempotent:
             # The backend had closed the pooled connection: once more on a new one, not
             # counted against `retries` (SPEC: "Upstream framing is enforced").
             flight.stale = backend
@@ -407,7 +354,7 @@ class Pipeline:
             return True
         assert flight.route is not None
         retries = flight.route.retries
-        if not retry_allowed(error.retry, flight.attempts, retries, replayable, idempotent):
+        if not retry_allowed(error.retry, flight.attempts, retries, whole, idempotent):
             return False
         flight.tried.append(backend)
         return flight.runtime.retry_budget.can_retry(monotonic())
@@ -417,7 +364,7 @@ class Pipeline:
         route = flight.route
         assert route is not None
         return (
-            _replayable(flight)
+            replayable(flight)
             and flight.request.method in wire.IDEMPOTENT_METHODS
             and flight.attempts <= route.retries
             and sum(candidate.available(now) for candidate in route.candidates) > 1
@@ -479,14 +426,3 @@ def _priority(runtime: Runtime, route: Route, identity: Identity | None) -> int:
     if isinstance(claimed, str):
         return runtime.gate.class_index(claimed, route.priority)
     return route.priority
-
-
-def _framed(body: bytes, chunked: bool) -> bytes:
-    if not chunked:
-        return body
-    return (wire.chunk(body) if body else b"") + wire.LAST_CHUNK
-
-
-def _replayable(flight: Flight) -> bool:
-    """Can the request be sent again whole? No body, or one read whole (request_buffer)."""
-    return not flight.request.has_body or flight.body is not None or flight.request.body.done

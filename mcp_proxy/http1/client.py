@@ -35,6 +35,7 @@ from mcp_proxy.errors import ClientError, ClientGone, ProxyError
 from mcp_proxy.http1 import head as checks
 from mcp_proxy.http1.body import Body
 from mcp_proxy.http1.deadline import Deadline
+from mcp_proxy.http1.pace import RateWindow
 from mcp_proxy.http1.request import Request
 from mcp_proxy.http1.writer import ResponseWriter
 
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 MAX_PIPELINED = 8
 PARSE_SLICE = 16 * 1024
 QUEUED_SLICE = 512
-RATE_WINDOW = 10.0  # min_rate is judged over windows this long
 
 # Reading states (see the module docstring).
 IDLE: Final = 0
@@ -106,8 +106,7 @@ class ClientConnection(asyncio.Protocol):
         self.queue: deque[Request] = deque()
         self.current: Request | None = None
         self.deadline = Deadline(self.loop)  # the reading side's: idle, head, body, discard
-        self.window_start = 0.0  # min_rate: the current window of a request body
-        self.window_bytes = 0
+        self.body_rate = RateWindow(settings.min_rate)  # min_rate for request bodies
         self.reading_paused = 0  # a count: the body and the pipeline queue may each pause it
         self.writer = ResponseWriter(self)
 
@@ -274,7 +273,7 @@ class ClientConnection(asyncio.Protocol):
         if request.chunked or request.content_length:
             request.body = Body(self.loop, self._pause_reading, self._resume_reading)
             self._move(BODY)
-            self.window_start, self.window_bytes = monotonic(), 0
+            self.body_rate.restart(0)
             self.deadline.set(self.settings.body_timeout, self._body_expired)
         else:
             self._move(IDLE)
@@ -334,16 +333,9 @@ class ClientConnection(asyncio.Protocol):
 
     # -- the request body's pace ----------------------------------------------------------------
     def _body_progress(self, size: int) -> None:
-        settings = self.settings
-        self.deadline.set(settings.body_timeout, self._body_expired)
-        self.window_bytes += size
-        if settings.min_rate:
-            now = monotonic()
-            elapsed = now - self.window_start
-            if elapsed >= RATE_WINDOW:
-                if self.window_bytes < settings.min_rate * elapsed:
-                    self._fail_parse(ClientError(408, "request body arrives too slowly"))
-                self.window_start, self.window_bytes = now, 0
+        self.deadline.set(self.settings.body_timeout, self._body_expired)
+        if self.body_rate.too_slow(self.parsing.body.received if self.parsing else 0):
+            self._fail_parse(ClientError(408, "request body arrives too slowly"))
 
     def _body_expired(self) -> None:
         if self.reading == BODY:

@@ -17,12 +17,12 @@ went out), COMPLETE, CLOSED. A client that reads too slowly is cut: nothing drai
 from __future__ import annotations
 
 import asyncio
-from time import monotonic
 from typing import TYPE_CHECKING, Final, Protocol
 
 from mcp_proxy.errors import ClientError, ProxyError
 from mcp_proxy.http1 import wire
 from mcp_proxy.http1.deadline import Deadline
+from mcp_proxy.http1.pace import RateWindow
 
 if TYPE_CHECKING:
     from mcp_proxy.http1.client import ClientConnection
@@ -35,7 +35,6 @@ COMPLETE: Final = 3
 CLOSED: Final = 4
 STATE_NAMES: Final = ("IDLE", "WAITING", "STREAMING", "COMPLETE", "CLOSED")
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-RATE_WINDOW: Final = 10.0
 _KEEP_ALIVE_10: Final = b"connection: keep-alive\r\n\r\n"
 _CLOSE: Final = b"connection: close\r\n\r\n"
 
@@ -49,8 +48,18 @@ class Producer(Protocol):
 
 class ResponseWriter:
     __slots__ = (
-        "chunked", "committed", "conn", "deadline", "is_paused", "out", "producer", "request",
-        "sent", "state", "transport", "window_sent", "window_start",
+        "chunked",
+        "committed",
+        "conn",
+        "deadline",
+        "is_paused",
+        "out",
+        "producer",
+        "rate",
+        "request",
+        "sent",
+        "state",
+        "transport",
     )  # fmt: skip
 
     def __init__(self, conn: ClientConnection) -> None:
@@ -64,8 +73,7 @@ class ResponseWriter:
         self.producer: Producer | None = None
         self.is_paused = False
         self.sent = 0
-        self.window_start = 0.0
-        self.window_sent = 0
+        self.rate = RateWindow(conn.settings.min_rate)  # min_rate for responses
         self.deadline = Deadline(conn.loop)  # send_timeout while the client does not read
 
     def __repr__(self) -> str:
@@ -86,6 +94,7 @@ class ResponseWriter:
         self.chunked = False
         self.producer = None
         self.committed = False
+        self.rate.start = 0.0  # each response's pace is judged on its own
 
     # -- a relayed response -------------------------------------------------------------------
     def start(self, request: Request, status: int, fields: list[bytes], length: int | None) -> bool:
@@ -199,7 +208,7 @@ class ResponseWriter:
         producer = self.producer
         if producer is not None:
             producer.pause_producing()
-        if self._too_slow(monotonic()):
+        if self._too_slow():
             self.cut()
             return
         self.deadline.set(self.conn.settings.send_timeout, self._send_expired)
@@ -211,19 +220,10 @@ class ResponseWriter:
         if producer is not None:
             producer.resume_producing()
 
-    def _too_slow(self, now: float) -> bool:
-        min_rate = self.conn.settings.min_rate
-        if not min_rate or self.transport is None:
-            return False
-        if not self.window_start:
-            self.window_start, self.window_sent = now, self.sent
-            return False
-        elapsed = now - self.window_start
-        if elapsed < RATE_WINDOW:
-            return False
-        delivered = self.sent - self.transport.get_write_buffer_size() - self.window_sent
-        self.window_start, self.window_sent = now, self.sent
-        return delivered < min_rate * elapsed
+    def _too_slow(self) -> bool:
+        transport = self.transport
+        delivered = self.sent - (transport.get_write_buffer_size() if transport else 0)
+        return self.rate.too_slow(delivered)
 
     def _send_expired(self) -> None:
         if self.is_paused:

@@ -1,0 +1,130 @@
+"""A request on its way through the pipeline (`Flight`), its phases, and one attempt of it
+on one backend (`Attempt`, the listener of that upstream exchange).
+
+The phases are run by `pipeline.Pipeline`; an attempt reports its exchange's events to the
+`Relay` it was given (the pipeline), so this module needs nothing from pipeline.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Final, Protocol
+
+from mcp_proxy.auth import Identity
+from mcp_proxy.errors import ProxyError
+from mcp_proxy.http1 import wire
+from mcp_proxy.http1.request import Request
+from mcp_proxy.http1.upstream import ResponseHead, UpstreamConnection
+from mcp_proxy.runtime import Route, Runtime
+from mcp_proxy.upstream.backend import Backend
+
+ROUTE: Final = 0
+AUTH: Final = 1
+AUTHORIZED: Final = 2
+BUFFER: Final = 3
+ADMIT: Final = 4
+ADMITTED: Final = 5
+PICK: Final = 6
+CONNECTED: Final = 7
+SEND: Final = 8
+RELAY: Final = 9  # from here on the upstream connection's callbacks move the flight
+DONE: Final = 10
+PHASE_NAMES: Final = (
+    "ROUTE", "AUTH", "AUTHORIZED", "BUFFER", "ADMIT", "ADMITTED", "PICK", "CONNECTED", "SEND",
+    "RELAY", "DONE",
+)  # fmt: skip
+
+
+class Flight:
+    """One request on its way; `phase` says where."""
+
+    __slots__ = (
+        "attempt", "attempts", "backend", "body", "head", "identity", "klass",
+        "last_error", "phase", "request", "request_id", "route", "runtime", "slot", "stale",
+        "stale_retried", "status", "task", "tried", "value", "waited",
+    )  # fmt: skip
+
+    def __init__(self, runtime: Runtime, request: Request, request_id: bytes) -> None:
+        self.runtime = runtime  # taken once: a reload never changes a request mid-flight
+        self.request = request
+        self.request_id = request_id
+        self.phase = ROUTE
+        self.route: Route | None = None
+        self.identity: Identity | None = None
+        self.klass = -1
+        self.waited = 0.0
+        self.slot = False  # holds an admission slot
+        self.value: Any = None  # what the last wait gave
+        self.task: asyncio.Task[None] | None = None
+        self.head = b""  # the request head for every attempt
+        self.body: bytes | None = None  # a request body read whole (replayable)
+        self.attempt: Attempt | None = None
+        self.attempts = 0
+        self.tried: list[Backend] = []
+        self.last_error: ProxyError | None = None
+        self.stale: Backend | None = None  # retry once on a new connection to this backend
+        self.stale_retried = False
+        self.backend: Backend | None = None
+        self.status = 0
+
+    def __repr__(self) -> str:
+        return f"<Flight {self.request!r} {PHASE_NAMES[self.phase]} attempts={self.attempts}>"
+
+
+class Relay(Protocol):
+    """Where an attempt reports its exchange's events (the pipeline)."""
+
+    def relay_head(self, attempt: Attempt, response: ResponseHead) -> None: ...
+    def relay_read_end(self, attempt: Attempt, complete: bool) -> None: ...
+    def fail(self, flight: Flight, error: BaseException) -> None: ...
+
+
+class Attempt:
+    """One try of a flight on one backend: the listener of its upstream exchange."""
+
+    __slots__ = ("backend", "conn", "flight", "ok", "pipeline", "relaying", "sent_at", "upload")
+
+    def __init__(self, pipeline: Relay, flight: Flight, backend: Backend) -> None:
+        self.pipeline = pipeline
+        self.flight = flight
+        self.backend = backend
+        self.conn: UpstreamConnection | None = None
+        self.sent_at = 0.0
+        self.ok = False
+        self.relaying = False
+        self.upload: asyncio.Task[None] | None = None
+
+    def on_head(self, response: ResponseHead) -> None:
+        if self.flight.attempt is self:
+            self.pipeline.relay_head(self, response)
+
+    def on_body(self, data: bytes) -> None:
+        if self.relaying:
+            self.flight.request.conn.writer.body(data)
+
+    def on_read_end(self, complete: bool) -> None:
+        if self.flight.attempt is self:
+            self.pipeline.relay_read_end(self, complete)
+
+    def on_error(self, error: ProxyError) -> None:
+        if self.flight.attempt is self:
+            self.pipeline.fail(self.flight, error)
+
+    def pause_producing(self) -> None:
+        if self.conn is not None:
+            self.conn.pause_reading()
+
+    def resume_producing(self) -> None:
+        if self.conn is not None:
+            self.conn.resume_reading()
+
+
+def framed(body: bytes, chunked: bool) -> bytes:
+    if not chunked:
+        return body
+    return (wire.chunk(body) if body else b"") + wire.LAST_CHUNK
+
+
+def replayable(flight: Flight) -> bool:
+    """Can the request be sent again whole? No body, or one read whole (request_buffer)."""
+    return not flight.request.has_body or flight.body is not None or flight.request.body.done
