@@ -48,9 +48,16 @@ def request_head(
         if trusted and name in _FORWARDED:
             proto = proto or name == b"x-forwarded-proto"
             host = host or name == b"x-forwarded-host"
-        parts += (name, b": ", value, b"\r\n")
+        # four appends, not `+= (...)`: compiled, an append is a primitive, a tuple is built
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
     for name, value in identity:
-        parts += (name, b": ", value, b"\r\n")
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
     parts.append(b"x-forwarded-for: ")
     if trusted and request.forwarded_for is not None:
         parts += (request.forwarded_for, b", ")
@@ -87,6 +94,9 @@ def response_fields(response: ResponseHead, request_id: bytes) -> list[bytes]:
     parts: list[bytes] = []
     for name, value in response.headers:
         if name not in drop:
-            parts += (name, b": ", value, b"\r\n")
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(b"\r\n")
     parts += (b"x-request-id: ", request_id, b"\r\n", _VIA_LINE)
     return parts

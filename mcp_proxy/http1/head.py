@@ -9,6 +9,7 @@ normalised once (path.py), so that routes see what the backend will receive.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from mcp_proxy.errors import ClientError
 from mcp_proxy.http1.path import UnsafePath, normalize_path
@@ -16,9 +17,12 @@ from mcp_proxy.http1.request import Request
 
 Check = Callable[[Request, bytes], None]
 
-# RFC 3986 host: reg-name, IPv4 or [IPv6], then an optional :port. Deleting these bytes from a
-# valid Host leaves nothing (one C call per request, no regular expression).
-_HOST_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:[]%"
+# RFC 3986 host: reg-name, IPv4 or [IPv6], then an optional :port.
+_NAME = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=%"
+_NAME_BYTES: Final = bytes(1 if byte in _NAME else 0 for byte in range(256))
+_LITERAL_BYTES: Final = bytes(
+    1 if byte in b"0123456789abcdefABCDEF:." else 0 for byte in range(256)
+)
 _VERSIONS = frozenset({b"1.1", b"1.0"})
 
 
@@ -45,19 +49,31 @@ def check_head(request: Request, upgrade: bool, max_body_bytes: int) -> None:
 
 
 def valid_host(host: bytes) -> bool:
-    """host[:port]: a reg-name or IPv4 address, or an [IPv6] literal; the port all digits."""
-    if not host or host.translate(None, _HOST_BYTES):
+    """host[:port]: a reg-name or IPv4 address, or an [IPv6] literal; the port all digits.
+
+    A plain loop over a byte table: compiled, it costs less than one `bytes.translate`.
+    """
+    if not host:
         return False
-    if host[0] == 91:  # "[": an IPv6 literal, then nothing or ":port"
-        end = host.find(b"]")
-        name, rest = host[1:end], host[end + 1 :]
-        if end < 0 or not name or (rest and (rest[0] != 58 or not _port(rest[1:]))):
+    if host[0] == 91:  # "["
+        return _valid_ip_literal(host)
+    for i in range(len(host)):
+        byte = host[i]
+        if byte == 58:  # ":" ends the name; a port follows
+            return i > 0 and _port(host[i + 1 :])
+        if not _NAME_BYTES[byte]:
             return False
-        return b"[" not in name
-    name, colon, port = host.partition(b":")
-    if b"[" in host or b"]" in host or not name:
+    return True
+
+
+def _valid_ip_literal(host: bytes) -> bool:
+    end = host.find(b"]")
+    if end < 2:
         return False
-    return not colon or _port(port)
+    rest = host[end + 1 :]
+    if rest and (rest[0] != 58 or not _port(rest[1:])):
+        return False
+    return all(_LITERAL_BYTES[byte] for byte in host[1:end])
 
 
 def _port(text: bytes) -> bool:
