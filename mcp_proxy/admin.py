@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
-    from mcp_proxy.reload import Reloader
-    from mcp_proxy.server import ProxyServer
+    from mcp_proxy.metrics import Metrics
+    from mcp_proxy.runtime import Runtime, RuntimeRef
 
 
-def make_admin_app(server: ProxyServer, reloader: Reloader) -> web.Application:
+class Served(Protocol):
+    """What the admin endpoints read of the process (server.ProxyServer), so that admin.py
+    needs nothing of server.py, which starts it."""
+
+    metrics: Metrics
+    ref: RuntimeRef | None
+
+    @property
+    def runtime(self) -> Runtime: ...
+
+
+class Reloads(Protocol):
+    async def reload(self, trigger: str) -> dict[str, Any]: ...
+
+
+def make_admin_app(server: Served, reloader: Reloads) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         body = server.metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -55,7 +70,7 @@ def make_admin_app(server: ProxyServer, reloader: Reloader) -> web.Application:
     return app
 
 
-def backends_document(server: ProxyServer) -> dict[str, Any]:
+def backends_document(server: Served) -> dict[str, Any]:
     """SPEC's `/admin/backends` document for the current runtime."""
     runtime = server.runtime
     now = time.monotonic()

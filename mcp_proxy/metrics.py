@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import (
@@ -25,7 +25,17 @@ from prometheus_client.registry import Collector
 from mcp_proxy.tally import Distributions, RequestCounts
 
 if TYPE_CHECKING:
-    from mcp_proxy.runtime import Runtime
+    from mcp_proxy.admission.gate import AdmissionGate
+    from mcp_proxy.upstream.backend import Backend
+
+
+class LiveState(Protocol):
+    """What a scrape reads of the current snapshot (runtime.Runtime has it): metrics.py
+    needs nothing else of runtime.py, which builds on this module."""
+
+    pools: dict[str, tuple[Backend, ...]]
+    gate: AdmissionGate
+
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -67,7 +77,7 @@ class Metrics:
         for result in ("ok", "refused"):
             self.reloads.labels(result)
 
-    def watch(self, current: Callable[[], Runtime | None]) -> None:
+    def watch(self, current: Callable[[], LiveState | None]) -> None:
         """Report the live state of whichever runtime is current at scrape time."""
         self.registry.register(_StateCollector(current))
 
@@ -114,7 +124,7 @@ def _histogram(name: str, documentation: str, label: str, tallies: Distributions
 
 
 class _StateCollector(Collector):
-    def __init__(self, current: Callable[[], Runtime | None]) -> None:
+    def __init__(self, current: Callable[[], LiveState | None]) -> None:
         self._current = current
 
     def describe(self) -> list[Metric]:

@@ -40,14 +40,30 @@ import os
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mcp_proxy.config import ConfigError, LoadedConfig, load
 from mcp_proxy.runtime import Runtime
 
 if TYPE_CHECKING:
     from mcp_proxy.config.model import Config
-    from mcp_proxy.server import ProxyServer
+    from mcp_proxy.metrics import Metrics
+    from mcp_proxy.runtime import RuntimeRef
+
+
+class Host(Protocol):
+    """What a reload needs of the process (server.ProxyServer): the one reference it swaps,
+    the metrics it counts in, the addresses a new config may not move."""
+
+    initial: LoadedConfig
+    metrics: Metrics
+    ref: RuntimeRef | None
+    listen_address: tuple[str, int]
+    admin_address: tuple[str, int]
+
+    @property
+    def runtime(self) -> Runtime: ...
+
 
 log = logging.getLogger("mcp_proxy.reload")
 
@@ -67,7 +83,7 @@ class Refused(Exception):
 
 
 class Reloader:
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, server: Host) -> None:
         self.server = server
         self.path = server.initial.source
         self.lock = asyncio.Lock()
