@@ -42,7 +42,6 @@ REQUEST_PATH = [
     "mcp_proxy/pipeline.py",
     "mcp_proxy/flight.py",
     "mcp_proxy/headers.py",
-    "mcp_proxy/errors.py",
     "mcp_proxy/routing.py",
     "mcp_proxy/runtime.py",
     "mcp_proxy/tally.py",

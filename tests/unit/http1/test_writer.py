@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 from time import monotonic
 
 from mcp_proxy.errors import ClientError, Rejected, UpstreamError
@@ -15,7 +16,7 @@ from tests.unit.http1.fakes import Client, ok, until
 GET = b"GET / HTTP/1.1\r\nhost: h\r\n\r\n"
 
 
-def served(raw: bytes = GET, **overrides: object) -> tuple[Client, Request]:
+def served(raw: bytes = GET, **overrides: Any) -> tuple[Client, Request]:
     client = Client(**overrides)
     client.feed(raw)
     assert len(client.handler.dispatched) == 1
