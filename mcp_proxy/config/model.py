@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from mcp_proxy.config.units import parse_duration, parse_size
+from mcp_proxy.http1.path import UnsafePath, normalize_path
 
 
 def _positive(value: float) -> float:
@@ -245,8 +246,21 @@ HTTP_TOKEN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 Method = Annotated[StrictStr, Field(pattern=HTTP_TOKEN)]
 
 
+def _normal_prefix(prefix: str) -> str:
+    """Requests are matched on their normalised path (http1/path.py): a prefix that is not
+    itself normal (`//`, `.` segments, `%2e`, lower-case or needless escapes) could never
+    match, so it is refused with the spelling that would."""
+    try:
+        normal = normalize_path(prefix.encode("utf-8")).decode("ascii")
+    except UnsafePath as unsafe:
+        raise ValueError(f"{prefix!r} can never match a request: {unsafe}") from None
+    if normal != prefix:
+        raise ValueError(f"{prefix!r} can never match a normalised path; write {normal!r}")
+    return prefix
+
+
 class MatchConfig(Frozen):
-    path_prefix: Annotated[StrictStr, Field(pattern=r"^/")] = "/"
+    path_prefix: Annotated[StrictStr, Field(pattern=r"^/"), AfterValidator(_normal_prefix)] = "/"
     methods: Annotated[tuple[Method, ...], Field(min_length=1)] | None = None
     host: Annotated[StrictStr, Field(min_length=1)] | None = None
     headers: dict[Annotated[StrictStr, Field(pattern=HTTP_TOKEN)], StrictStr] = {}

@@ -846,3 +846,24 @@ def test_secret_env_findings(
     path = "auth.issuers[0].secret_env: "
     assert [problem.render() for problem in findings.warnings] == [path + w for w in warnings]
     assert [problem.render() for problem in findings.problems] == [path + p for p in found]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "says"),
+    [
+        ("/api//x", "write '/api/x'"),
+        ("/a/./b", "write '/a/b'"),
+        ("/%70ay", "write '/pay'"),
+        ("/a/%2f", "can never match a request"),
+    ],
+)
+def test_a_path_prefix_that_no_normalised_path_can_match_is_refused(prefix: str, says: str):
+    text = f"""
+listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+pools: {{p: {{backends: [{{url: "http://127.0.0.1:1"}}]}}}}
+auth: {{default: none}}
+routes: [{{name: r, match: {{path_prefix: "{prefix}"}}, to: {{pools: [p]}}}}]
+"""
+    found = problems(text)
+    assert any("routes[0].match.path_prefix" in p and says in p for p in found), found
