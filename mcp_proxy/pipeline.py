@@ -390,6 +390,7 @@ class Pipeline:
     def _land(self, flight: Flight) -> None:
         """The end of every request, once: free its slot, count it, log it."""
         flight.phase = DONE
+        flight.request.flight = None  # no cycle: the request and its flight are freed at once
         runtime = flight.runtime
         if flight.slot:
             flight.slot = False

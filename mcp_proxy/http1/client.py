@@ -55,14 +55,18 @@ BODY: Final = 2
 DISCARD: Final = 3
 DONE: Final = 4
 READING_NAMES: Final = ("IDLE", "HEAD", "BODY", "DISCARD", "DONE")
-# The moves allowed, as bit masks of the states each state may go to.
-_MOVES: Final = (
-    (1 << HEAD) | (1 << DONE),  # IDLE
-    (1 << IDLE) | (1 << BODY) | (1 << DONE),  # HEAD: a head without a body is a whole request
-    (1 << IDLE) | (1 << DISCARD) | (1 << DONE),  # BODY
-    1 << DONE,  # DISCARD
-    1 << DONE,  # DONE
-)
+
+
+def allowed_moves(state: int) -> int:
+    """The reading states `state` may move to, as a bit mask (an if-chain: compiled, each
+    mask is a constant, not a lookup)."""
+    if state == IDLE:
+        return (1 << HEAD) | (1 << DONE)
+    if state == HEAD:  # a head without a body is a whole request: back to IDLE
+        return (1 << IDLE) | (1 << BODY) | (1 << DONE)
+    if state == BODY:
+        return (1 << IDLE) | (1 << DISCARD) | (1 << DONE)
+    return 1 << DONE  # DISCARD, DONE
 
 
 class Handler(Protocol):
@@ -117,7 +121,7 @@ class ClientConnection(asyncio.Protocol):
         )
 
     def _move(self, state: int) -> None:
-        if not _MOVES[self.reading] & (1 << state):
+        if not (allowed_moves(self.reading) >> state) & 1:
             raise AssertionError(f"{READING_NAMES[self.reading]} -> {READING_NAMES[state]}")
         self.reading = state
 

@@ -135,17 +135,16 @@ class UpstreamConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         """Send request bytes; a connection that cannot take them is an upstream error."""
         transport = self.transport
+        stale = self.exchanges > 1 and not self._received  # a reused connection, no answer yet
         if self.state == CLOSED or transport is None or transport.is_closing():
-            raise UpstreamError(
-                "backend closed the connection",
-                before_send=False,
-                stale=self.exchanges > 1 and not self._received,
-            )
+            raise UpstreamError("backend closed the connection", before_send=False, stale=stale)
         try:
             transport.write(data)
         except (RuntimeError, OSError) as exc:  # uvloop: write on a closed transport
             self.abort()
-            raise UpstreamError(f"write to backend failed: {exc}", before_send=False) from None
+            raise UpstreamError(
+                f"write to backend failed: {exc}", before_send=False, stale=stale
+            ) from None
 
     async def drain(self) -> None:
         if self._write_paused and self.state != CLOSED:
