@@ -8,6 +8,7 @@ The phases are run by `pipeline.Pipeline`; an attempt reports its exchange's eve
 from __future__ import annotations
 
 import asyncio
+from time import monotonic
 from typing import Any, Final, Protocol
 
 from mcp_proxy.auth import Identity
@@ -17,6 +18,7 @@ from mcp_proxy.http1.request import Request
 from mcp_proxy.http1.upstream import ResponseHead, UpstreamConnection
 from mcp_proxy.runtime import Route, Runtime
 from mcp_proxy.upstream.backend import Backend
+from mcp_proxy.upstream.retry import retry_allowed
 
 ROUTE: Final = 0
 AUTH: Final = 1
@@ -128,3 +130,37 @@ def framed(body: bytes, chunked: bool) -> bytes:
 def replayable(flight: Flight) -> bool:
     """Can the request be sent again whole? No body, or one read whole (request_buffer)."""
     return not flight.request.has_body or flight.body is not None or flight.request.body.done
+
+
+def may_retry(flight: Flight, error: ProxyError, backend: Backend) -> bool:
+    """May the failed attempt on `backend` be followed by another? (One pick per attempt:
+    this only decides; the next PICK phase picks.)"""
+    request = flight.request
+    if request.conn.closed or request.conn.writer.started:
+        return False  # nobody to answer, or response bytes went out: nothing can be fixed
+    whole = replayable(flight)
+    idempotent = request.method in wire.IDEMPOTENT_METHODS
+    if error.stale and not flight.stale_retried and whole and idempotent:
+        # The backend had closed the pooled connection: once more on a new one, not
+        # counted against `retries` (SPEC: "Upstream framing is enforced").
+        flight.stale = backend
+        flight.stale_retried = True
+        return True
+    assert flight.route is not None
+    retries = flight.route.retries
+    if not retry_allowed(error.retry, flight.attempts, retries, whole, idempotent):
+        return False
+    flight.tried.append(backend)
+    return flight.runtime.retry_budget.can_retry(monotonic())
+
+
+def may_retry_status(flight: Flight, now: float) -> bool:
+    """Retry a 502/503 answer only where a retry could be sent and could land elsewhere."""
+    route = flight.route
+    assert route is not None
+    return (
+        replayable(flight)
+        and flight.request.method in wire.IDEMPOTENT_METHODS
+        and flight.attempts <= route.retries
+        and sum(candidate.available(now) for candidate in route.candidates) > 1
+    )

@@ -58,14 +58,7 @@ def request_head(
         parts.append(b": ")
         parts.append(value)
         parts.append(b"\r\n")
-    parts.append(b"x-forwarded-for: ")
-    if trusted and request.forwarded_for is not None:
-        parts += (request.forwarded_for, b", ")
-    parts.append(request.conn.peer)
-    if not proto:
-        parts.append(b"\r\nx-forwarded-proto: http")
-    if not host:
-        parts += (b"\r\nx-forwarded-host: ", request.host or b"")
+    _add_own(parts, request, trusted, proto, host)
     parts += (_VIA_THEN_REQUEST_ID, request_id)
     if request.chunked:
         parts.append(b"\r\ntransfer-encoding: chunked\r\n\r\n")
@@ -74,6 +67,18 @@ def request_head(
     else:
         parts.append(b"\r\n\r\n")
     return b"".join(parts)
+
+
+def _add_own(parts: list[bytes], request: Request, trusted: bool, proto: bool, host: bool) -> None:
+    """X-Forwarded-*: the chain ends with the peer; a trusted proxy's proto and host stay."""
+    parts.append(b"x-forwarded-for: ")
+    if trusted and request.forwarded_for is not None:
+        parts += (request.forwarded_for, b", ")
+    parts.append(request.conn.peer)
+    if not proto:
+        parts.append(b"\r\nx-forwarded-proto: http")
+    if not host:
+        parts += (b"\r\nx-forwarded-host: ", request.host or b"")
 
 
 def with_host(head: bytes, request: Request, host_line: bytes) -> bytes:

@@ -49,7 +49,8 @@ from mcp_proxy.flight import (
     Attempt,
     Flight,
     framed,
-    replayable,
+    may_retry,
+    may_retry_status,
 )
 from mcp_proxy.headers import request_head, response_fields, with_host
 from mcp_proxy.http1 import wire
@@ -57,8 +58,6 @@ from mcp_proxy.http1.request import Request
 from mcp_proxy.http1.upstream import ResponseHead, UpstreamConnection
 from mcp_proxy.metrics import Metrics
 from mcp_proxy.runtime import Route, Runtime, RuntimeRef
-from mcp_proxy.upstream.backend import Backend
-from mcp_proxy.upstream.retry import retry_allowed
 
 access_log = logging.getLogger("mcp_proxy.access")
 log = logging.getLogger("mcp_proxy")
@@ -286,7 +285,7 @@ class Pipeline:
         now = monotonic()
         backend.rtt.observe(now - attempt.sent_at, now)  # the sample: time to the response head
         backend.served += 1
-        if response.status in _RETRY_STATUSES and self._may_retry_status(flight, now):
+        if response.status in _RETRY_STATUSES and may_retry_status(flight, now):
             self.fail(
                 flight, UpstreamError(f"backend answered {response.status}", before_send=False)
             )
@@ -333,42 +332,12 @@ class Pipeline:
         if attempt is not None:
             attempt.ok = False
             self._end_attempt(flight, attempt, failed=True)
-            if self._may_retry(flight, error, attempt.backend):
+            if may_retry(flight, error, attempt.backend):
                 flight.last_error = error
                 flight.phase = PICK
                 self._drive(flight)
                 return
         self._answer(flight, error)
-
-    def _may_retry(self, flight: Flight, error: ProxyError, backend: Backend) -> bool:
-        request = flight.request
-        if request.conn.closed or request.conn.writer.started:
-            return False  # nobody to answer, or response bytes went out: nothing can be fixed
-        whole = replayable(flight)
-        idempotent = request.method in wire.IDEMPOTENT_METHODS
-        if error.stale and not flight.stale_retried and whole and idempotent:
-            # The backend had closed the pooled connection: once more on a new one, not
-            # counted against `retries` (SPEC: "Upstream framing is enforced").
-            flight.stale = backend
-            flight.stale_retried = True
-            return True
-        assert flight.route is not None
-        retries = flight.route.retries
-        if not retry_allowed(error.retry, flight.attempts, retries, whole, idempotent):
-            return False
-        flight.tried.append(backend)
-        return flight.runtime.retry_budget.can_retry(monotonic())
-
-    def _may_retry_status(self, flight: Flight, now: float) -> bool:
-        """Retry a 502/503 answer only where a retry could be sent and could land elsewhere."""
-        route = flight.route
-        assert route is not None
-        return (
-            replayable(flight)
-            and flight.request.method in wire.IDEMPOTENT_METHODS
-            and flight.attempts <= route.retries
-            and sum(candidate.available(now) for candidate in route.candidates) > 1
-        )
 
     def _answer(self, flight: Flight, error: ProxyError) -> None:
         """An error becomes HTTP here only, from its attributes."""
