@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 from time import monotonic
+from typing import Any
 
 from mcp_proxy.errors import ClientError, Rejected, UpstreamError
 from mcp_proxy.http1 import client as cl
