@@ -14,7 +14,7 @@ from typing import Any, Final, Protocol
 from mcp_proxy.auth import Identity
 from mcp_proxy.errors import ProxyError
 from mcp_proxy.http1 import wire
-from mcp_proxy.http1.request import Request
+from mcp_proxy.http1.exchange import Request
 from mcp_proxy.http1.upstream import ResponseHead, UpstreamConnection
 from mcp_proxy.runtime import Route, Runtime
 from mcp_proxy.upstream.backend import Backend
@@ -102,7 +102,7 @@ class Attempt:
 
     def on_body(self, data: bytes) -> None:
         if self.relaying:
-            self.flight.request.conn.writer.body(data)
+            self.flight.request.writer.body(data)
 
     def on_read_end(self, complete: bool) -> None:
         if self.flight.attempt is self:
@@ -136,7 +136,7 @@ def may_retry(flight: Flight, error: ProxyError, backend: Backend) -> bool:
     """May the failed attempt on `backend` be followed by another? (One pick per attempt:
     this only decides; the next PICK phase picks.)"""
     request = flight.request
-    if request.conn.closed or request.conn.writer.started:
+    if request.writer.closed or request.writer.started:
         return False  # nobody to answer, or response bytes went out: nothing can be fixed
     whole = replayable(flight)
     idempotent = request.method in wire.IDEMPOTENT_METHODS

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from mcp_proxy.http1 import wire
-from mcp_proxy.http1.request import Request
+from mcp_proxy.http1.exchange import Request
 from mcp_proxy.http1.upstream import ResponseHead
 
 _AUTH_PREFIXES: Final = frozenset({b"x-auth-", b"x_auth_", b"x-auth_", b"x_auth-"})
@@ -35,7 +35,7 @@ def request_head(
 
     Built as a list of pieces for one join: no formatting, no per-header concatenation.
     """
-    trusted = request.conn.trusted
+    trusted = request.trusted
     drop = _STRIP_IN_TRUSTED if trusted else _STRIP_IN
     if request.connection_tokens:
         drop = drop | (wire.connection_tokens(request.connection_tokens) - _FORWARDED)
@@ -74,7 +74,7 @@ def _add_own(parts: list[bytes], request: Request, trusted: bool, proto: bool, h
     parts.append(b"x-forwarded-for: ")
     if trusted and request.forwarded_for is not None:
         parts += (request.forwarded_for, b", ")
-    parts.append(request.conn.peer)
+    parts.append(request.peer)
     if not proto:
         parts.append(b"\r\nx-forwarded-proto: http")
     if not host:

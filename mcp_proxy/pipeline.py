@@ -54,7 +54,7 @@ from mcp_proxy.flight import (
 )
 from mcp_proxy.headers import request_head, response_fields, with_host
 from mcp_proxy.http1 import wire
-from mcp_proxy.http1.request import Request
+from mcp_proxy.http1.exchange import Request
 from mcp_proxy.http1.upstream import ResponseHead, UpstreamConnection
 from mcp_proxy.metrics import Metrics
 from mcp_proxy.runtime import Route, Runtime, RuntimeRef
@@ -91,7 +91,7 @@ class Pipeline:
         if task is not None:
             # Stop what it waited for (a queue place, a key fetch, a connect). Soon, not now:
             # a task cancelled before its first step never awaits what it was given.
-            request.conn.loop.call_soon(task.cancel)
+            request.writer.loop.call_soon(task.cancel)
 
     # -- the driver -------------------------------------------------------------------------------
     def _drive(self, flight: Flight) -> None:
@@ -181,12 +181,12 @@ class Pipeline:
         """A small body is read whole first, so that a slow upload holds no admission slot."""
         flight.phase = ADMIT
         request = flight.request
-        limit = request.conn.settings.request_buffer
+        limit = request.writer.settings.request_buffer
         if request.body.done or (request.content_length or 0) > limit:
             return None
         if request.expect_continue:
             request.expect_continue = False  # auth has passed: now the client may send it
-            request.conn.writer.send_continue(request)
+            request.writer.send_continue(request)
         return request.body.fill(limit)
 
     def _admit(self, flight: Flight) -> Awaitable[float] | None:
@@ -262,7 +262,7 @@ class Pipeline:
         else:
             if request.expect_continue:
                 request.expect_continue = False  # once, even across retries
-                request.conn.writer.send_continue(request)
+                request.writer.send_continue(request)
             conn.write(head)
             attempt.upload = asyncio.ensure_future(self._upload(attempt, conn))
 
@@ -292,13 +292,13 @@ class Pipeline:
             return
         attempt.ok = response.status < 500
         flight.status = response.status
-        writer = request.conn.writer
+        writer = request.writer
         fields = response_fields(response, flight.request_id)
         attempt.relaying = writer.start(request, response.status, fields, response.content_length)
         writer.producer = attempt
 
     def relay_read_end(self, attempt: Attempt, complete: bool) -> None:
-        writer = attempt.flight.request.conn.writer
+        writer = attempt.flight.request.writer
         if not complete:
             writer.flush()
             return
@@ -344,10 +344,10 @@ class Pipeline:
         if error.counted:
             self.count_rejected[error.reason]()
         request = flight.request
-        writer = request.conn.writer
+        writer = request.writer
         flight.status = error.status
         self._land(flight)
-        if request.conn.closed:
+        if request.writer.closed:
             return
         if not error.answer or writer.started:
             if writer.started:
@@ -381,7 +381,7 @@ class Pipeline:
             klass = flight.klass
             access_log.info(
                 '%s "%s %s" %d route=%s backend=%s class=%s queue_ms=%.1f ms=%.1f id=%s',
-                request.conn.peer.decode(), request.method, request.path, flight.status,
+                request.peer.decode(), request.method, request.path, flight.status,
                 route_name, backend.url if backend else "-",
                 flight.runtime.gate.class_names[klass] if klass >= 0 else "-",
                 flight.waited * 1000, elapsed * 1000, flight.request_id.decode(),

@@ -12,7 +12,7 @@ The connection has two explicit states, one per direction (h11 keeps one per rol
   `body_timeout` between reads and `min_rate`), DISCARD (an answer went out before the body
   was read: the rest is read and dropped for up to `lingering_time`, so the client sees the
   answer instead of a reset), DONE (no more reading: EOF, or closing).
-- writing (`writer.py`): the one writer of responses, their framing and the keep-alive
+- writing (`exchange.py`): the one writer of responses, their framing and the keep-alive
   decision; `send_timeout` and `min_rate` for a client that reads too slowly.
 
 Each complete head becomes a `Request` handed to the handler (the pipeline). Requests that arrive
@@ -35,9 +35,8 @@ from mcp_proxy.errors import ClientError, ClientGone, ProxyError
 from mcp_proxy.http1 import head as checks
 from mcp_proxy.http1.body import Body
 from mcp_proxy.http1.deadline import Deadline
+from mcp_proxy.http1.exchange import Request, ResponseWriter
 from mcp_proxy.http1.pace import RateWindow
-from mcp_proxy.http1.request import Request
-from mcp_proxy.http1.writer import ResponseWriter
 
 if TYPE_CHECKING:
     from mcp_proxy.http1.settings import ClientSettings
@@ -112,7 +111,7 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = Deadline(self.loop)  # the reading side's: idle, head, body, discard
         self.body_rate = RateWindow(settings.min_rate)  # min_rate for request bodies
         self.reading_paused = 0  # a count: the body and the pipeline queue may each pause it
-        self.writer = ResponseWriter(self)
+        self.writer = ResponseWriter(self, self.loop, settings)
 
     def __repr__(self) -> str:
         return (
@@ -230,7 +229,7 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self.parsing = Request(self)
+        self.parsing = Request(self.writer, self.empty_body, self.peer, self.trusted)
         self._move(HEAD)
         self.head_bytes = 0
         self.raw_head_bytes = 0
@@ -276,6 +275,7 @@ class ClientConnection(asyncio.Protocol):
         self._checked_head(request, upgrade)
         if request.chunked or request.content_length:
             request.body = Body(self.loop, self._pause_reading, self._resume_reading)
+            request.has_body = True
             self._move(BODY)
             self.body_rate.restart(0)
             self.deadline.set(self.settings.body_timeout, self._body_expired)

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Final
 
 from mcp_proxy.errors import ClientError
+from mcp_proxy.http1.exchange import Request
 from mcp_proxy.http1.path import UnsafePath, normalize_path
-from mcp_proxy.http1.request import Request
 
 Check = Callable[[Request, bytes], None]
 

@@ -14,7 +14,7 @@ from typing import Any
 from mcp_proxy.config import Config, parse
 from mcp_proxy.errors import ProxyError
 from mcp_proxy.http1.client import ClientConnection
-from mcp_proxy.http1.request import Request
+from mcp_proxy.http1.exchange import Request
 from mcp_proxy.http1.settings import ClientSettings
 from mcp_proxy.http1.upstream import ResponseHead, UpstreamConnection
 
@@ -117,7 +117,7 @@ class FakeHandler:
 
 def ok(request: Request, body: bytes = b"ok") -> None:
     """Answer `request` with 200 and a Content-Length body, through the writer."""
-    writer = request.conn.writer
+    writer = request.writer
     if writer.start(request, 200, [], len(body)):
         writer.body(body)
     writer.end(request)

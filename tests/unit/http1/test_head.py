@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import cast
+import asyncio
+from collections.abc import Iterator
 
 import pytest
 
 from mcp_proxy.errors import ClientError
 from mcp_proxy.http1 import head
 from mcp_proxy.http1.client import ClientConnection
-from mcp_proxy.http1.request import Request
+from mcp_proxy.http1.exchange import Request
+from tests.unit.http1.fakes import FakeHandler, settings
+
+LOOP = asyncio.new_event_loop()  # what a ClientConnection is built with; nothing runs on it
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_loop() -> Iterator[None]:
+    yield
+    LOOP.close()
 
 
 def request(target: bytes = b"/", host: bytes | None = b"h", version: bytes = b"1.1") -> Request:
-    conn = cast(ClientConnection, SimpleNamespace(empty_body=object()))
-    req = Request(conn)
+    # a real connection: compiled, Request checks its argument types
+    closed: list[ClientConnection] = []
+    conn = ClientConnection(FakeHandler(), settings(), closed.append, loop=LOOP)
+    req = Request(conn.writer, conn.empty_body, b"127.0.0.1", False)
     req.method, req.target, req.host, req.version = "GET", target, host, version
     return req
 

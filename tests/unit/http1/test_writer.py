@@ -8,9 +8,9 @@ from typing import Any
 
 from mcp_proxy.errors import ClientError, Rejected, UpstreamError
 from mcp_proxy.http1 import client as cl
-from mcp_proxy.http1 import writer as wr
+from mcp_proxy.http1 import exchange as wr
+from mcp_proxy.http1.exchange import Request
 from mcp_proxy.http1.pace import RATE_WINDOW
-from mcp_proxy.http1.request import Request
 from tests.unit.http1.fakes import Client, ok, until
 
 GET = b"GET / HTTP/1.1\r\nhost: h\r\n\r\n"

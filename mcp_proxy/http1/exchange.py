@@ -1,4 +1,12 @@
-"""The one writer to a client: response heads and bodies, their framing, keep-alive, pace.
+"""One request and the writer of its response: what the HTTP/1 engine hands the pipeline.
+
+A `Request` is one parsed head and its body stream; header names are lowercased bytes, and
+`target` is the normalised path with the query as sent (head.py): what routes match and what
+the backend receives. It carries its `writer`, the one writer to its client. The two live in
+one module because each names the other; the connection that owns them (client.py) is seen
+here only as an `Owner`, so nothing in the engine imports in a circle.
+
+The one writer to a client: response heads and bodies, their framing, keep-alive, pace.
 
 Every byte a client receives goes through here: a relayed response (`start`, `body`, `end`),
 the proxy's own answers (`answer`), the 100 Continue. So the two decisions a response carries
@@ -21,12 +29,12 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from mcp_proxy.errors import ClientError, ProxyError
 from mcp_proxy.http1 import wire
+from mcp_proxy.http1.body import Body
 from mcp_proxy.http1.deadline import Deadline
 from mcp_proxy.http1.pace import RateWindow
 
 if TYPE_CHECKING:
-    from mcp_proxy.http1.client import ClientConnection
-    from mcp_proxy.http1.request import Request
+    from mcp_proxy.http1.settings import ClientSettings
 
 IDLE: Final = 0
 WAITING: Final = 1
@@ -39,6 +47,15 @@ _KEEP_ALIVE_10: Final = b"connection: keep-alive\r\n\r\n"
 _CLOSE: Final = b"connection: close\r\n\r\n"
 
 
+class Owner(Protocol):
+    """The connection a writer writes for (client.ClientConnection)."""
+
+    draining: bool
+
+    def finished(self, request: Request) -> None: ...
+    def abort(self) -> None: ...
+
+
 class Producer(Protocol):
     """What feeds a streamed response (the upstream leg): paused while the client is slow."""
 
@@ -46,24 +63,89 @@ class Producer(Protocol):
     def resume_producing(self) -> None: ...
 
 
+class Request:
+    """Header names are lowercased bytes. `target` is the normalised path and the query as
+    sent (head.py): what routes match and what the backend receives."""
+
+    __slots__ = (
+        "authorization",
+        "body",
+        "chunked",
+        "connection_tokens",
+        "content_length",
+        "expect_continue",
+        "flight",
+        "forwarded_for",
+        "has_body",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "method_bytes",
+        "path",
+        "peer",
+        "queued",
+        "request_id",
+        "started",
+        "target",
+        "trusted",
+        "version",
+        "writer",
+    )
+
+    def __init__(self, writer: ResponseWriter, body: Body, peer: bytes, trusted: bool) -> None:
+        self.writer = writer  # the one writer of its response (and of the connection's)
+        self.peer = peer  # the client's address, as X-Forwarded-For ends with it
+        self.trusted = trusted  # the peer is in trusted_proxies
+        self.method = ""
+        self.method_bytes = b""  # as received: what goes upstream
+        self.target = b""
+        self.path = ""  # the normalised path, for routing
+        self.version = b"1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.host: bytes | None = None
+        self.authorization: bytes | None = None
+        self.request_id: bytes | None = None
+        self.forwarded_for: bytes | None = None
+        self.connection_tokens: list[bytes] = []
+        self.content_length: int | None = None
+        self.chunked = False
+        self.expect_continue = False
+        self.keep_alive = True
+        self.started = 0.0
+        self.queued = False  # waiting for an admission slot (set by the pipeline)
+        self.body = body  # the connection's empty body until a body is announced
+        self.has_body = False
+        self.flight: object = None  # the pipeline's state for this request
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target!r} id={self.request_id!r}>"
+
+
 class ResponseWriter:
     __slots__ = (
         "chunked",
         "committed",
-        "conn",
         "deadline",
         "is_paused",
+        "loop",
         "out",
+        "owner",
         "producer",
         "rate",
         "request",
         "sent",
+        "settings",
         "state",
         "transport",
     )  # fmt: skip
 
-    def __init__(self, conn: ClientConnection) -> None:
-        self.conn = conn
+    def __init__(
+        self, owner: Owner, loop: asyncio.AbstractEventLoop, settings: ClientSettings
+    ) -> None:
+        self.owner = owner
+        self.loop = loop
+        self.settings = settings
         self.transport: asyncio.Transport | None = None
         self.state = IDLE
         self.request: Request | None = None
@@ -73,14 +155,19 @@ class ResponseWriter:
         self.producer: Producer | None = None
         self.is_paused = False
         self.sent = 0
-        self.rate = RateWindow(conn.settings.min_rate)  # min_rate for responses
-        self.deadline = Deadline(conn.loop)  # send_timeout while the client does not read
+        self.rate = RateWindow(settings.min_rate)  # min_rate for responses
+        self.deadline = Deadline(loop)  # send_timeout while the client does not read
 
     def __repr__(self) -> str:
         return f"<ResponseWriter {STATE_NAMES[self.state]} sent={self.sent}>"
 
     def attach(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+
+    @property
+    def closed(self) -> bool:
+        """The client connection is closed or closing: nothing more can be sent."""
+        return self.state == CLOSED
 
     @property
     def started(self) -> bool:
@@ -139,7 +226,7 @@ class ResponseWriter:
         """The response cannot be completed: cut the connection, never a short body as whole."""
         self.out = []
         self.state = CLOSED
-        self.conn.abort()
+        self.owner.abort()
 
     # -- answers of the proxy's own -------------------------------------------------------------
     def answer(self, request: Request, request_id: bytes, error: ProxyError) -> None:
@@ -186,7 +273,7 @@ class ResponseWriter:
     def _connection(self, request: Request) -> bytes:
         """The keep-alive decision: the connection stays only when the client asked for it,
         the proxy is not draining, and no unread request body is left on the wire."""
-        if not request.keep_alive or self.conn.draining or not request.body.done:
+        if not request.keep_alive or self.owner.draining or not request.body.done:
             request.keep_alive = False
             return _CLOSE
         if request.version == b"1.0":
@@ -199,7 +286,7 @@ class ResponseWriter:
         self.producer = None
         self.request = None
         self.deadline.clear()
-        self.conn.finished(request)
+        self.owner.finished(request)
 
     # -- pace: the client's reading ---------------------------------------------------------------
     def paused(self) -> None:
@@ -211,7 +298,7 @@ class ResponseWriter:
         if self._too_slow():
             self.cut()
             return
-        self.deadline.set(self.conn.settings.send_timeout, self._send_expired)
+        self.deadline.set(self.settings.send_timeout, self._send_expired)
 
     def resumed(self) -> None:
         self.is_paused = False
@@ -230,6 +317,7 @@ class ResponseWriter:
             self.cut()  # connection_lost tells the pipeline (ClientGone)
 
     def closing(self) -> None:
+        self.state = CLOSED
         self.deadline.cancel()
 
     def lost(self) -> None:
