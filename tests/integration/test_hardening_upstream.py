@@ -295,9 +295,10 @@ class CountingBackend(RawBackend):
 
     def __init__(self, answer: Any) -> None:
         super().__init__(answer)
-        self.per_connection: dict[int, int] = {}
+        # Keyed by the writer itself: an id() is reused once a closed writer is collected,
+        # and a new connection would then inherit a dead one's count.
+        self.per_connection: dict[Writer, int] = {}
 
     def requests_on(self, writer: Writer) -> int:
-        key = id(writer)
-        self.per_connection[key] = self.per_connection.get(key, 0) + 1
-        return self.per_connection[key]
+        self.per_connection[writer] = self.per_connection.get(writer, 0) + 1
+        return self.per_connection[writer]
