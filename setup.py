@@ -35,6 +35,7 @@ REQUEST_PATH = [
     "mcp_proxy/http1/settings.py",
     "mcp_proxy/http1/exchange.py",
     "mcp_proxy/http1/pace.py",
+    "mcp_proxy/http1/states.py",
     "mcp_proxy/http1/upstream.py",
     "mcp_proxy/http1/wire.py",
     "mcp_proxy/http1/body.py",

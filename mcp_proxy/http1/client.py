@@ -6,14 +6,8 @@ module enforces what llhttp leaves to the application (`head.py`): header size a
 limits, one valid Host, `chunked` as the only coding, HTTP/1.0 or 1.1 only, origin-form targets
 with a normalised path, and what to do with `_` in header names.
 
-The connection has two explicit states, one per direction (h11 keeps one per role, too):
-- reading: IDLE (between requests; `idle_timeout`, or `header_timeout` from accept for the
-  first), HEAD (a head is arriving; `header_timeout`), BODY (a request body is arriving;
-  `body_timeout` between reads and `min_rate`), DISCARD (an answer went out before the body
-  was read: the rest is read and dropped for up to `lingering_time`, so the client sees the
-  answer instead of a reset), DONE (no more reading: EOF, or closing).
-- writing (`exchange.py`): the one writer of responses, their framing and the keep-alive
-  decision; `send_timeout` and `min_rate` for a client that reads too slowly.
+Its reading side has explicit states (states.py: IDLE, HEAD, BODY, DISCARD, DONE), each with
+its deadline; its writing side is the one writer of responses (exchange.py).
 
 Each complete head becomes a `Request` handed to the handler (the pipeline). Requests that arrive
 pipelined behind it wait in a short queue (reading pauses when it is full) and are served in
@@ -27,7 +21,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from time import monotonic
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
@@ -35,8 +29,9 @@ from mcp_proxy.errors import ClientError, ClientGone, ProxyError
 from mcp_proxy.http1 import head as checks
 from mcp_proxy.http1.body import Body
 from mcp_proxy.http1.deadline import Deadline
-from mcp_proxy.http1.exchange import Request, ResponseWriter
+from mcp_proxy.http1.exchange import Handler, Request, ResponseWriter
 from mcp_proxy.http1.pace import RateWindow
+from mcp_proxy.http1.states import BODY, DISCARD, DONE, HEAD, IDLE, READING_NAMES, allowed_moves
 
 if TYPE_CHECKING:
     from mcp_proxy.http1.settings import ClientSettings
@@ -46,33 +41,6 @@ if TYPE_CHECKING:
 MAX_PIPELINED = 8
 PARSE_SLICE = 16 * 1024
 QUEUED_SLICE = 512
-
-# Reading states (see the module docstring).
-IDLE: Final = 0
-HEAD: Final = 1
-BODY: Final = 2
-DISCARD: Final = 3
-DONE: Final = 4
-READING_NAMES: Final = ("IDLE", "HEAD", "BODY", "DISCARD", "DONE")
-
-
-def allowed_moves(state: int) -> int:
-    """The reading states `state` may move to, as a bit mask (an if-chain: compiled, each
-    mask is a constant, not a lookup)."""
-    if state == IDLE:
-        return (1 << HEAD) | (1 << DONE)
-    if state == HEAD:  # a head without a body is a whole request: back to IDLE
-        return (1 << IDLE) | (1 << BODY) | (1 << DONE)
-    if state == BODY:
-        return (1 << IDLE) | (1 << DISCARD) | (1 << DONE)
-    return 1 << DONE  # DISCARD, DONE
-
-
-class Handler(Protocol):
-    """What serves requests (the pipeline)."""
-
-    def dispatch(self, request: Request) -> None: ...
-    def abandon(self, request: Request, error: ProxyError) -> None: ...
 
 
 class ClientConnection(asyncio.Protocol):
@@ -160,7 +128,7 @@ class ClientConnection(asyncio.Protocol):
             try:
                 self._feed(piece)
             except httptools.HttpParserError as exc:
-                self._reject(self.error or _parse_error(exc))
+                self._reject(self.error or checks.parse_error(exc))
                 return
             if self.reading >= DISCARD:
                 return
@@ -247,15 +215,10 @@ class ClientConnection(asyncio.Protocol):
         request = self.parsing
         assert request is not None
         self._count_head(len(name) + len(value) + 4)
-        name = name.lower()
-        if 95 in name and not self._underscore_allowed(name):  # 95: "_"
-            return
-        request.headers.append((name, value))
-        if len(request.headers) > self.settings.max_headers:
-            self._fail_parse(ClientError(431, "too many request header fields"))
-        noted = checks.NOTED.get(name)
-        if noted is not None:
-            self._checked(noted, request, value)
+        try:
+            checks.header(request, name.lower(), value, self.settings)
+        except ClientError as error:
+            self._fail_parse(error)
 
     def on_headers_complete(self) -> None:
         request = self.parsing
@@ -307,24 +270,11 @@ class ClientConnection(asyncio.Protocol):
             self.deadline.clear()
 
     # -- checks (the rules themselves are in head.py) -------------------------------------------
-    def _checked(self, check: checks.Check, request: Request, value: bytes) -> None:
-        try:
-            check(request, value)
-        except ClientError as error:
-            self._fail_parse(error)
-
     def _checked_head(self, request: Request, upgrade: bool) -> None:
         try:
             checks.check_head(request, upgrade, self.settings.max_body_bytes)
         except ClientError as error:
             self._fail_parse(error)
-
-    def _underscore_allowed(self, name: bytes) -> bool:
-        """`X_Forwarded_For` must not pose as `X-Forwarded-For` to a backend that folds `_`."""
-        policy = self.settings.headers_with_underscores
-        if policy == "reject":
-            self._fail_parse(ClientError(400, "header name with '_'"))
-        return policy == "allow"
 
     def _count_head(self, size: int) -> None:
         self.head_bytes += size
@@ -480,15 +430,3 @@ class ClientConnection(asyncio.Protocol):
 
 def _nothing() -> None:
     return None
-
-
-def _parse_error(exc: Exception) -> ClientError:
-    reason = _reason(exc)
-    if reason == "Invalid HTTP version":  # llhttp knows 0.9, 1.x and 2.0 only
-        return ClientError(505, "HTTP version not supported")
-    return ClientError(400, f"malformed request: {reason}")
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc.args[0]) if exc.args else type(exc).__name__
-    return text.split(":", 1)[-1].strip().strip("`") or type(exc).__name__

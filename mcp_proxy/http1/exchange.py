@@ -47,6 +47,13 @@ _KEEP_ALIVE_10: Final = b"connection: keep-alive\r\n\r\n"
 _CLOSE: Final = b"connection: close\r\n\r\n"
 
 
+class Handler(Protocol):
+    """What serves requests (the pipeline)."""
+
+    def dispatch(self, request: Request) -> None: ...
+    def abandon(self, request: Request, error: ProxyError) -> None: ...
+
+
 class Owner(Protocol):
     """The connection a writer writes for (client.ClientConnection)."""
 

@@ -9,10 +9,13 @@ normalised once (path.py), so that routes see what the backend will receive.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from mcp_proxy.errors import ClientError
 from mcp_proxy.http1.exchange import Request
+
+if TYPE_CHECKING:
+    from mcp_proxy.http1.settings import ClientSettings
 from mcp_proxy.http1.path import UnsafePath, normalize_path
 
 Check = Callable[[Request, bytes], None]
@@ -24,6 +27,35 @@ _LITERAL_BYTES: Final = bytes(
     1 if byte in b"0123456789abcdefABCDEF:." else 0 for byte in range(256)
 )
 _VERSIONS = frozenset({b"1.1", b"1.0"})
+
+
+def header(request: Request, name: bytes, value: bytes, settings: ClientSettings) -> None:
+    """One header line (its name lowercased): kept, dropped for a `_`, or refused."""
+    if 95 in name:  # "_": `X_Forwarded_For` must not pose as `X-Forwarded-For` to a backend
+        policy = settings.headers_with_underscores  # that folds `_` into `-`
+        if policy == "reject":
+            raise ClientError(400, "header name with '_'")
+        if policy == "drop":
+            return
+    request.headers.append((name, value))
+    if len(request.headers) > settings.max_headers:
+        raise ClientError(431, "too many request header fields")
+    noted = NOTED.get(name)
+    if noted is not None:
+        noted(request, value)
+
+
+def parse_error(exc: Exception) -> ClientError:
+    """What llhttp refused, as the client's answer."""
+    reason = _reason(exc)
+    if reason == "Invalid HTTP version":  # llhttp knows 0.9, 1.x and 2.0 only
+        return ClientError(505, "HTTP version not supported")
+    return ClientError(400, f"malformed request: {reason}")
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc.args[0]) if exc.args else type(exc).__name__
+    return text.split(":", 1)[-1].strip().strip("`") or type(exc).__name__
 
 
 def check_head(request: Request, upgrade: bool, max_body_bytes: int) -> None:

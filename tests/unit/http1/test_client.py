@@ -6,6 +6,7 @@ import pytest
 
 from mcp_proxy.errors import ClientError, ClientGone
 from mcp_proxy.http1 import client as cl
+from mcp_proxy.http1 import states
 from tests.unit.http1.fakes import Client, ok, until
 
 GET = b"GET /a HTTP/1.1\r\nhost: h\r\nx-one: 1\r\n\r\n"
@@ -27,7 +28,7 @@ async def test_a_head_in_one_read_is_dispatched_with_its_fields() -> None:
         b"h",
     )
     assert (b"x-one", b"1") in request.headers and request.keep_alive and not request.has_body
-    assert client.conn.peer == b"127.0.0.1" and client.conn.reading == cl.IDLE
+    assert client.conn.peer == b"127.0.0.1" and client.conn.reading == states.IDLE
     assert "reading=IDLE" in repr(client.conn) and "GET" in repr(request)
 
 
@@ -36,7 +37,7 @@ async def test_a_head_split_over_many_reads_is_dispatched_once_whole() -> None:
     for i in range(len(GET) - 1):
         client.feed(GET[i : i + 1])
         assert client.handler.dispatched == []
-    assert client.conn.reading == cl.HEAD
+    assert client.conn.reading == states.HEAD
     client.feed(GET[-1:])
     assert len(client.handler.dispatched) == 1
 
@@ -137,19 +138,19 @@ async def test_a_request_body_moves_reading_to_body_then_idle() -> None:
     client = Client()
     client.feed(POST + b"abc")
     (request,) = client.handler.dispatched
-    assert client.conn.reading == cl.BODY and request.has_body
+    assert client.conn.reading == states.BODY and request.has_body
     client.feed(b"defghij")
-    assert client.conn.reading == cl.IDLE and request.body.done
+    assert client.conn.reading == states.IDLE and request.body.done
     assert request.body.read_nowait() == b"abcdefghij"
 
 
 async def test_a_disallowed_reading_move_raises() -> None:
     client = Client()
     with pytest.raises(AssertionError, match="IDLE -> BODY"):
-        client.conn._move(cl.BODY)
-    client.conn._move(cl.DONE)
+        client.conn._move(states.BODY)
+    client.conn._move(states.DONE)
     with pytest.raises(AssertionError, match="DONE -> IDLE"):
-        client.conn._move(cl.IDLE)
+        client.conn._move(states.IDLE)
 
 
 async def test_a_body_over_the_limit_while_streaming_is_413_to_the_handler() -> None:
@@ -166,7 +167,7 @@ async def test_a_body_over_the_limit_while_streaming_is_413_to_the_handler() -> 
 async def test_a_declared_body_over_the_limit_is_413_and_lingers() -> None:
     client = Client(max_body_bytes=4, lingering_time=0.05)
     client.feed(POST)
-    assert status(client) == 413 and client.conn.reading == cl.DISCARD
+    assert status(client) == 413 and client.conn.reading == states.DISCARD
     assert client.transport.eof_written
     await until(lambda: client.transport.closed)
 
@@ -212,7 +213,7 @@ async def test_a_head_begun_behind_a_response_gets_its_header_timeout() -> None:
     client = Client(header_timeout=0.02)
     client.feed(GET + b"GET / HT")
     ok(client.handler.dispatched[0])
-    assert client.conn.reading == cl.HEAD
+    assert client.conn.reading == states.HEAD
     await until(lambda: client.transport.closed)
     assert b"408 Request Timeout" in client.out
 
@@ -256,7 +257,7 @@ async def test_connection_lost_abandons_the_current_request_and_reports_the_clos
     client.conn.connection_lost(None)
     ((request, error),) = client.handler.abandoned
     assert isinstance(error, ClientGone) and client.closes == [client.conn]
-    assert client.conn.reading == cl.DONE and client.conn.closed
+    assert client.conn.reading == states.DONE and client.conn.closed
     client.conn.finished(request)  # a late end of the response changes nothing
     client.feed(GET)
     assert len(client.handler.dispatched) == 1

@@ -7,8 +7,8 @@ from time import monotonic
 from typing import Any
 
 from mcp_proxy.errors import ClientError, Rejected, UpstreamError
-from mcp_proxy.http1 import client as cl
 from mcp_proxy.http1 import exchange as wr
+from mcp_proxy.http1 import states
 from mcp_proxy.http1.exchange import Request
 from mcp_proxy.http1.pace import RATE_WINDOW
 from tests.unit.http1.fakes import Client, ok, until
@@ -76,7 +76,7 @@ async def test_an_unread_body_closes_and_lingers_with_write_eof() -> None:
     ok(request)
     assert b"connection: close\r\n" in client.out and not request.keep_alive
     assert client.transport.eof_written and not client.transport.closed
-    assert client.conn.reading == cl.DISCARD
+    assert client.conn.reading == states.DISCARD
     client.feed(b"GET /ignored HTTP/1.1\r\n\r\n")  # read and dropped while lingering
     assert len(client.handler.dispatched) == 1
     await until(lambda: client.transport.closed)
@@ -98,7 +98,7 @@ async def test_lingering_resumes_paused_reading_and_skips_write_eof_when_unsuppo
     client.conn._pause_reading()  # the body's back-pressure had paused reading
     ok(request)
     assert client.transport.resumed_reads == 1 and not client.transport.eof_written
-    assert client.conn.reading == cl.DISCARD
+    assert client.conn.reading == states.DISCARD
 
 
 async def test_a_known_length_is_framed_with_content_length() -> None:
