@@ -144,11 +144,13 @@ class _Probe:
     def __init__(self, conn: UpstreamConnection) -> None:
         self.conn = conn
         self.status = 0
+        self.head_at = 0.0  # the sample, as the data path takes it: time to the response head
         self.received = 0
         self.done: asyncio.Future[None] = conn.loop.create_future()
 
     def on_head(self, response: ResponseHead) -> None:
         self.status = response.status
+        self.head_at = time.monotonic()
 
     def on_body(self, data: bytes) -> None:
         self.received += len(data)
@@ -171,7 +173,7 @@ async def _exchange(conn: UpstreamConnection, request: bytes, timeout: float) ->
         sent_at = time.monotonic()
         conn.write(request)
         await probe.done
-        rtt = time.monotonic() - sent_at
+        rtt = probe.head_at - sent_at
         return rtt if 200 <= probe.status < 400 else None
     finally:
         conn.release()
