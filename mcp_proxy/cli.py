@@ -108,17 +108,17 @@ def run(path: str, log_level: str = "info") -> int:
     loaded = _load_or_report(path)
     if loaded is None:
         return 2
-    setup_logging(log_level, access_log=loaded.config.access_log)
+    setup_logging(log_level)
     return serve(loaded)
 
 
-def setup_logging(level: str, access_log: bool) -> None:
+def setup_logging(level: str) -> None:
+    """The operations log (stderr). The access log is not `logging`'s: accesslog.py."""
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("mcp_proxy.access").setLevel(logging.INFO if access_log else logging.WARNING)
 
 
 def serve(loaded: LoadedConfig) -> int:

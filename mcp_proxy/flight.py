@@ -42,8 +42,9 @@ class Flight:
 
     __slots__ = (
         "attempt", "attempts", "backend", "body", "head", "identity", "klass",
-        "last_error", "phase", "request", "request_id", "route", "runtime", "slot", "stale",
-        "stale_retried", "status", "task", "tried", "value", "waited",
+        "last_error", "phase", "reason", "request", "request_id", "route", "runtime", "slot",
+        "stale", "stale_retried", "status", "task", "traceparent", "tried", "upstream", "value",
+        "waited",
     )  # fmt: skip
 
     def __init__(self, runtime: Runtime, request: Request, request_id: bytes) -> None:
@@ -68,6 +69,9 @@ class Flight:
         self.stale_retried = False
         self.backend: Backend | None = None
         self.status = 0
+        self.reason: str | None = None  # why the proxy answered itself (the error's reason)
+        self.traceparent = b""  # made with the upstream head (headers.traceparent_for)
+        self.upstream = -1.0  # seconds from sending to the response head; -1: none came
 
     def __repr__(self) -> str:
         return f"<Flight {self.request!r} {PHASE_NAMES[self.phase]} attempts={self.attempts}>"

@@ -9,7 +9,9 @@ are replaced. Towards the client: the same stripping; the framing is the writer'
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from random import getrandbits
 from typing import Final
 
 from mcp_proxy.http1 import wire
@@ -18,20 +20,47 @@ from mcp_proxy.http1.upstream import ResponseHead
 
 _AUTH_PREFIXES: Final = frozenset({b"x-auth-", b"x_auth_", b"x-auth_", b"x_auth-"})
 _FORWARDED: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
-_STRIP_IN: Final = wire.HOP_BY_HOP | wire.REQUEST_OWN | _FORWARDED
-_STRIP_IN_TRUSTED: Final = (wire.HOP_BY_HOP | wire.REQUEST_OWN | {b"x-forwarded-for"}) - {
+_TRACEPARENT: Final = frozenset({b"traceparent"})  # the proxy sends its own (the same, if valid)
+_STRIP_IN: Final = wire.HOP_BY_HOP | wire.REQUEST_OWN | _FORWARDED | _TRACEPARENT
+_STRIP_IN_TRUSTED: Final = (
+    wire.HOP_BY_HOP | wire.REQUEST_OWN | _TRACEPARENT | {b"x-forwarded-for"}
+) - {
     b"x-forwarded-proto",
     b"x-forwarded-host",
 }
 _STRIP_OUT: Final = wire.HOP_BY_HOP | wire.RESPONSE_OWN
 _VIA_LINE: Final = b"via: " + wire.VIA + b"\r\n"
 _VIA_THEN_REQUEST_ID: Final = b"\r\nvia: " + wire.VIA + b"\r\nx-request-id: "
+_TRACEPARENT_LINE: Final = b"\r\ntraceparent: "
+# W3C Trace Context, version 00: 00-<trace id>-<parent id>-<flags>, lowercase hex
+_VALID_TRACEPARENT: Final = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z").match
+_ZERO_TRACE: Final = b"0" * 32
+_ZERO_PARENT: Final = b"0" * 16
+
+
+def traceparent_for(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """The request's traceparent when it is valid (W3C), else a new one: a random trace id
+    and parent id, sampled (the access log records the request under it)."""
+    for name, value in headers:
+        if name == b"traceparent":
+            if (
+                _VALID_TRACEPARENT(value)
+                and value[3:35] != _ZERO_TRACE
+                and value[36:52] != _ZERO_PARENT
+            ):
+                return value
+            break
+    return b"00-%032x-%016x-01" % (getrandbits(128) or 1, getrandbits(64) or 1)
 
 
 def request_head(
-    request: Request, identity: Sequence[tuple[bytes, bytes]], request_id: bytes
+    request: Request,
+    identity: Sequence[tuple[bytes, bytes]],
+    request_id: bytes,
+    traceparent: bytes,
 ) -> bytes:
-    """The request head sent upstream (the same for every attempt).
+    """The request head sent upstream (the same for every attempt). `traceparent` replaces
+    the client's (traceparent_for); `tracestate` passes through as any field.
 
     Built as a list of pieces for one join: no formatting, no per-header concatenation.
     """
@@ -59,7 +88,7 @@ def request_head(
         parts.append(value)
         parts.append(b"\r\n")
     _add_own(parts, request, trusted, proto, host)
-    parts += (_VIA_THEN_REQUEST_ID, request_id)
+    parts += (_VIA_THEN_REQUEST_ID, request_id, _TRACEPARENT_LINE, traceparent)
     if request.chunked:
         parts.append(b"\r\ntransfer-encoding: chunked\r\n\r\n")
     elif request.content_length is not None:

@@ -81,6 +81,10 @@ class Metrics:
         """Report the live state of whichever runtime is current at scrape time."""
         self.registry.register(_StateCollector(current))
 
+    def watch_access_log(self, dropped: Callable[[], int]) -> None:
+        """mcp_proxy_access_log_dropped_total, read from the access log at scrape time."""
+        self.registry.register(_DroppedCollector(dropped))
+
     def set_config_version(self, version: str) -> None:
         self.config_info.clear()
         self.config_info.labels(version).set(1)
@@ -121,6 +125,22 @@ def _histogram(name: str, documentation: str, label: str, tallies: Distributions
     for value, distribution in sorted(tallies.by_label.items()):
         family.add_metric([value], distribution.cumulative(), distribution.total)
     return family
+
+
+class _DroppedCollector(Collector):
+    def __init__(self, dropped: Callable[[], int]) -> None:
+        self._dropped = dropped
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "mcp_proxy_access_log_dropped",
+            "Access log lines dropped because the output could not keep up.",
+        )
+        family.add_metric([], float(self._dropped()))
+        yield family
 
 
 class _StateCollector(Collector):

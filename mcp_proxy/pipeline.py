@@ -13,7 +13,8 @@ and the RELAY phase waits on no task at all: the upstream connection calls the a
 Every failure, in any phase or attempt, goes to `_fail`: it ends the attempt, asks whether
 another attempt is safe (one pick per attempt, retries on new attempts), else answers through
 `_answer`, the one place errors become HTTP, from their attributes. `_land` ends every request
-once: frees its admission slot, counts it, writes its log line.
+once: frees its admission slot, counts it, writes its access log line (accesslog.py; before
+the response's last bytes are sent, so the writer's queued bytes count in `bytes_out`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Awaitable, Sequence
 from time import monotonic
 from typing import Any, Final, cast
 
+from mcp_proxy.accesslog import AccessLog
 from mcp_proxy.auth import Identity, authorize, bearer_token
 from mcp_proxy.errors import (
     AuthError,
@@ -52,14 +54,13 @@ from mcp_proxy.flight import (
     may_retry,
     may_retry_status,
 )
-from mcp_proxy.headers import request_head, response_fields, with_host
+from mcp_proxy.headers import request_head, response_fields, traceparent_for, with_host
 from mcp_proxy.http1 import wire
 from mcp_proxy.http1.exchange import Request
 from mcp_proxy.http1.upstream import ResponseHead, UpstreamConnection
 from mcp_proxy.metrics import Metrics
 from mcp_proxy.runtime import Route, Runtime, RuntimeRef
 
-access_log = logging.getLogger("mcp_proxy.access")
 log = logging.getLogger("mcp_proxy")
 
 NO_IDENTITY: Sequence[tuple[bytes, bytes]] = ()
@@ -67,8 +68,9 @@ _RETRY_STATUSES: Final = frozenset({502, 503})
 
 
 class Pipeline:
-    def __init__(self, ref: RuntimeRef, metrics: Metrics) -> None:
+    def __init__(self, ref: RuntimeRef, metrics: Metrics, access_log: AccessLog) -> None:
         self.ref = ref
+        self.access_log = access_log
         self.count_rejected = metrics.count_rejected
         self.request_counts = metrics.requests  # bound once: Metrics is not compiled
         self.rng = random.Random()
@@ -216,7 +218,10 @@ class Pipeline:
         if not flight.attempts:
             runtime.retry_budget.record_request(now)
             identity = NO_IDENTITY if flight.identity is None else flight.identity.headers
-            flight.head = request_head(flight.request, identity, flight.request_id)
+            flight.traceparent = traceparent_for(flight.request.headers)
+            flight.head = request_head(
+                flight.request, identity, flight.request_id, flight.traceparent
+            )
         backend, flight.stale = flight.stale, None
         if backend is None:
             backend = route.policy.pick(route.candidates, now, self.rng, flight.tried)
@@ -283,7 +288,8 @@ class Pipeline:
     def relay_head(self, attempt: Attempt, response: ResponseHead) -> None:
         flight, backend, request = attempt.flight, attempt.backend, attempt.flight.request
         now = monotonic()
-        backend.rtt.observe(now - attempt.sent_at, now)  # the sample: time to the response head
+        flight.upstream = now - attempt.sent_at
+        backend.rtt.observe(flight.upstream, now)  # the sample: time to the response head
         backend.served += 1
         if response.status in _RETRY_STATUSES and may_retry_status(flight, now):
             self.fail(
@@ -346,15 +352,19 @@ class Pipeline:
         request = flight.request
         writer = request.writer
         flight.status = error.status
-        self._land(flight)
-        if request.writer.closed:
+        flight.reason = error.reason
+        if writer.closed:
+            self._land(flight)
             return
         if not error.answer or writer.started:
             if writer.started:
                 log.warning("response cut: %s (request %s)", error, flight.request_id.decode())
             writer.cut()
+            self._land(flight)
             return
-        writer.answer(request, flight.request_id, error)
+        writer.compose(request, flight.request_id, error)  # queued: its bytes are counted
+        self._land(flight)
+        writer.end(request)
 
     def _land(self, flight: Flight) -> None:
         """The end of every request, once: free its slot, count it, log it."""
@@ -377,15 +387,8 @@ class Pipeline:
         self.request_counts.add(route_name, backend.pool if backend else "-", flight.status)
         if route is not None:
             route.observe_duration(elapsed)
-        if access_log.isEnabledFor(logging.INFO):
-            klass = flight.klass
-            access_log.info(
-                '%s "%s %s" %d route=%s backend=%s class=%s queue_ms=%.1f ms=%.1f id=%s',
-                request.peer.decode(), request.method, request.path, flight.status,
-                route_name, backend.url if backend else "-",
-                flight.runtime.gate.class_names[klass] if klass >= 0 else "-",
-                flight.waited * 1000, elapsed * 1000, flight.request_id.decode(),
-            )  # fmt: skip
+        if self.access_log.enabled:
+            self.access_log.record(flight, elapsed, request.writer.response_bytes())
 
 
 def _priority(runtime: Runtime, route: Route, identity: Identity | None) -> int:

@@ -46,6 +46,7 @@ from mcp_proxy.config import ConfigError, LoadedConfig, load
 from mcp_proxy.runtime import Runtime
 
 if TYPE_CHECKING:
+    from mcp_proxy.accesslog import AccessLog
     from mcp_proxy.config.model import Config
     from mcp_proxy.metrics import Metrics
     from mcp_proxy.runtime import RuntimeRef
@@ -60,6 +61,7 @@ class Host(Protocol):
     ref: RuntimeRef | None
     listen_address: tuple[str, int]
     admin_address: tuple[str, int]
+    access_log: AccessLog | None
 
     @property
     def runtime(self) -> Runtime: ...
@@ -179,7 +181,9 @@ class Reloader:
         previous.retire()
         server.metrics.set_config_version(runtime.version)
         server.metrics.reloads.labels("ok").inc()
-        _apply_logging(previous.config, runtime.config)
+        access_log = runtime.config.access_log
+        if server.access_log is not None and previous.config.access_log != access_log:
+            server.access_log.configure(access_log)
         log.info("config reloaded (%s) in %.1f ms: %s -> %s; %s", trigger, duration * 1000,
                  previous.version[:19], runtime.version[:19],
                  describe_changes(previous.config, runtime.config))  # fmt: skip
@@ -343,10 +347,3 @@ def _backends(config: Config) -> dict[str, object]:
         for name, pool in config.pools.items()
         for backend in pool.backends
     }
-
-
-def _apply_logging(old: Config, new: Config) -> None:
-    """`access_log` is the one logging setting in the config: apply it when it changes."""
-    if old.access_log != new.access_log:
-        level = logging.INFO if new.access_log else logging.WARNING
-        logging.getLogger("mcp_proxy.access").setLevel(level)

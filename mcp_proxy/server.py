@@ -16,6 +16,7 @@ import socket
 
 from aiohttp import web
 
+from mcp_proxy.accesslog import AccessLog
 from mcp_proxy.admin import make_admin_app
 from mcp_proxy.config import LoadedConfig
 from mcp_proxy.http1.client import ClientConnection
@@ -36,6 +37,7 @@ class ProxyServer:
         self.listener: asyncio.Server | None = None
         self.admin_runner: web.AppRunner | None = None
         self.reloader: Reloader | None = None
+        self.access_log: AccessLog | None = None
         self.stopping = asyncio.Event()
         self.drained = asyncio.Event()  # set when the last client connection closes
         self.listen_address: tuple[str, int] = ("", 0)
@@ -51,6 +53,8 @@ class ProxyServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self.access_log = AccessLog(loop, self.initial.config.access_log)
+        self.metrics.watch_access_log(lambda: self.access_log.dropped if self.access_log else 0)
         runtime = Runtime(self.initial, loop, self.metrics)
         await runtime.start()
         self.ref = RuntimeRef(runtime)
@@ -65,13 +69,16 @@ class ProxyServer:
         )  # fmt: skip
 
     async def _start_listener(self, runtime: Runtime) -> None:
-        assert self.ref is not None
-        pipeline = Pipeline(self.ref, self.metrics)
+        assert self.ref is not None and self.access_log is not None
+        access_log = self.access_log
+        pipeline = Pipeline(self.ref, self.metrics, access_log)
         ref = self.ref
         host, port = runtime.config.listen
 
         def connection() -> ClientConnection:
-            conn = ClientConnection(pipeline, ref.current.client_settings, self._forget)
+            settings = ref.current.client_settings
+            settings.on_refused = access_log.refused  # each snapshot's settings, once set
+            conn = ClientConnection(pipeline, settings, self._forget)
             self.connections.add(conn)
             return conn
 
@@ -102,6 +109,8 @@ class ProxyServer:
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         if self.reloader is not None:
             loop.add_signal_handler(signal.SIGHUP, self.reloader.request_reload)
+        if self.access_log is not None:
+            loop.add_signal_handler(signal.SIGUSR1, self.access_log.reopen)  # logrotate
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), then close everything."""
@@ -124,6 +133,11 @@ class ProxyServer:
             await self.ref.current.close()
         if self.admin_runner is not None:
             await self.admin_runner.cleanup()
+        if self.access_log is not None:
+            # The wait is bounded (a stdout nobody reads must not hold the exit) and in a
+            # thread: it blocks, and the loop may still have callbacks to run.
+            self.access_log.hand_over()
+            await asyncio.to_thread(self.access_log.finish, 2.0)
         log.info("mcp-proxy stopped")
 
     async def serve_until_stopped(self) -> None:

@@ -333,6 +333,18 @@ def is_trusted(peer_ip: str, networks: tuple[IPNetwork, ...]) -> bool:
     return any(address in network for network in networks)
 
 
+class AccessLogConfig(Frozen):
+    """SPEC "Access log"; `access_log: true|false` is `{enabled: true|false}`."""
+
+    enabled: StrictBool = True
+    format: Literal["text", "json"] = "text"
+    path: Annotated[StrictStr, Field(min_length=1)] = "-"  # "-" is stdout
+
+
+def _access_log(value: object) -> object:
+    return {"enabled": value} if isinstance(value, bool) else value
+
+
 class Config(Frozen):
     listen: Address = ("127.0.0.1", 8080)
     admin: Address = ("127.0.0.1", 9901)
@@ -345,7 +357,7 @@ class Config(Frozen):
     routes: Annotated[tuple[RouteConfig, ...], Field(min_length=1)]
     upstream: UpstreamConfig = UpstreamConfig()
     drain_timeout: Duration = 20.0  # SIGTERM: how long in-flight requests may take to finish
-    access_log: StrictBool = True
+    access_log: Annotated[AccessLogConfig, BeforeValidator(_access_log)] = AccessLogConfig()
     trusted_proxies: tuple[Network, ...] = ()  # peers whose X-Forwarded-* are kept
     headers_with_underscores: Literal["drop", "reject", "allow"] = "drop"
 

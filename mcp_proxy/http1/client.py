@@ -360,6 +360,7 @@ class ClientConnection(asyncio.Protocol):
     def _reject(self, error: ClientError) -> None:
         """A malformed, over-limit or too slow request: answer it (if it can be) and end."""
         given = self.parsing.request_id if self.parsing is not None else None
+        parsing = self.parsing  # what was parsed of it, for the access log
         # Linger only for a client that may still be sending a body in good faith; one that
         # was too slow (408) is cut at once.
         lingers = error.status != 408 and (
@@ -378,7 +379,7 @@ class ClientConnection(asyncio.Protocol):
             self.current.keep_alive = False  # close after the one in service
             self.reading = DONE
             return
-        self.writer.error_alone(error, given)
+        self.writer.error_alone(error, given, parsing)
         if lingers and self.settings.lingering_time > 0:
             self.reading = BODY  # what the client is still sending is a body we will not read
             self._linger()

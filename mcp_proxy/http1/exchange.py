@@ -131,6 +131,7 @@ class Request:
 
 class ResponseWriter:
     __slots__ = (
+        "began",
         "chunked",
         "committed",
         "deadline",
@@ -162,6 +163,7 @@ class ResponseWriter:
         self.producer: Producer | None = None
         self.is_paused = False
         self.sent = 0
+        self.began = 0  # `sent` when the current response began (bytes_out of the access log)
         self.rate = RateWindow(settings.min_rate)  # min_rate for responses
         self.deadline = Deadline(loop)  # send_timeout while the client does not read
 
@@ -188,7 +190,15 @@ class ResponseWriter:
         self.chunked = False
         self.producer = None
         self.committed = False
+        self.began = self.sent
         self.rate.start = 0.0  # each response's pace is judged on its own
+
+    def response_bytes(self) -> int:
+        """Bytes of the current response sent or queued (with the last chunk `end` adds)."""
+        queued = sum(len(part) for part in self.out)
+        if self.chunked and self.state == STREAMING:
+            queued += len(wire.LAST_CHUNK)
+        return self.sent - self.began + queued
 
     # -- a relayed response -------------------------------------------------------------------
     def start(self, request: Request, status: int, fields: list[bytes], length: int | None) -> bool:
@@ -238,6 +248,11 @@ class ResponseWriter:
     # -- answers of the proxy's own -------------------------------------------------------------
     def answer(self, request: Request, request_id: bytes, error: ProxyError) -> None:
         """The proxy's own short JSON answer for `request`; nothing of a response went out."""
+        self.compose(request, request_id, error)
+        self.end(request)
+
+    def compose(self, request: Request, request_id: bytes, error: ProxyError) -> None:
+        """Queue the proxy's own answer (`end` sends it): its size is known before it goes."""
         body = wire.error_body(error.message, request_id)
         fields = [wire.status_line(error.status), wire.json_fields(len(body), request_id)]
         fields.extend(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in error.headers)
@@ -246,18 +261,31 @@ class ResponseWriter:
         self.out = [b"".join(fields)]
         self.chunked = False
         self.state = STREAMING
-        self.end(request)
 
-    def error_alone(self, error: ClientError, given_id: bytes | None) -> None:
-        """A malformed request answered outside any request in service; the connection ends."""
+    def error_alone(
+        self, error: ClientError, given_id: bytes | None, request: Request | None = None
+    ) -> None:
+        """A malformed request answered outside any request in service (`request`: what was
+        parsed of it, if anything); the connection ends. It is told to `on_refused`."""
         request_id = wire.request_id_for(given_id)
         body = wire.error_body(error.message, request_id)
         transport = self.transport
+        sent = 0
         if transport is not None and self.state != CLOSED:
-            transport.write(
-                b"".join((wire.status_line(error.status), wire.json_fields(len(body), request_id),
-                          _CLOSE, body))
-            )  # fmt: skip
+            answer = b"".join(
+                (
+                    wire.status_line(error.status),
+                    wire.json_fields(len(body), request_id),
+                    _CLOSE,
+                    body,
+                )
+            )
+            transport.write(answer)
+            self.sent += len(answer)
+            sent = len(answer)
+        on_refused = self.settings.on_refused
+        if on_refused is not None:
+            on_refused(error, request_id, request, sent)  # fmt: skip
 
     def send_continue(self, request: Request) -> None:
         if self.state == WAITING and self.transport is not None:

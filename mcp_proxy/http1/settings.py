@@ -6,10 +6,17 @@ copied out once per snapshot (server.py builds one for each config the listener 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from mcp_proxy.config.model import Config
+    from mcp_proxy.errors import ClientError
+    from mcp_proxy.http1.exchange import Request
+
+# Told of each request the engine answers itself before any handler sees it (malformed, 408,
+# 413, 431): (error, request id, what was parsed of the request or None, bytes sent).
+Refused = Callable[["ClientError", bytes, "Request | None", int], None]
 
 
 class ClientSettings:
@@ -24,6 +31,7 @@ class ClientSettings:
         "max_header_bytes",
         "max_headers",
         "min_rate",
+        "on_refused",
         "request_buffer",
         "send_timeout",
     )
@@ -42,6 +50,7 @@ class ClientSettings:
         self.max_headers = limits.max_headers
         self.max_body_bytes = limits.max_body_bytes
         self.headers_with_underscores = config.headers_with_underscores
+        self.on_refused: Refused | None = None  # set by the server (its access log)
 
     def is_trusted(self, peer_ip: str) -> bool:
         return self.config.is_trusted(peer_ip)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import re
 import socket
 import statistics
 import struct
@@ -28,12 +26,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mcp_proxy.auth.mint import mint_token
 from tests.auth_helpers import AUDIENCE, HS_SECRET, ISSUER
+from tests.integration.accesslines import access_config, access_lines
 from tests.integration.harness import Backend, Proxy, eventually
 
 SECRET_ENV = "MCP_PROXY_TEST_ADMISSION_SECRET"
 SERVICE_TIME = 0.05
 CLASSES = ["critical", "high", "normal", "low"]
-ACCESS_LINE = re.compile(r'"\w+ (\S+)" (\d+) .* class=(\S+) queue_ms=([\d.]+) ')
 
 
 class CountingBackend(Backend):
@@ -111,26 +109,28 @@ def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def access(caplog: pytest.LogCaptureFixture) -> AccessLog:
-    caplog.set_level(logging.INFO, logger="mcp_proxy.access")
-    return AccessLog(caplog)
+def access(tmp_path: Path) -> AccessLog:
+    return AccessLog(tmp_path / "access.log")
 
 
 @dataclass
 class AccessLog:
-    caplog: pytest.LogCaptureFixture
+    """The proxy's access log, as a JSON file (`into` a config)."""
 
-    def lines(self) -> Iterator[tuple[str, int, str, float]]:
+    path: Path
+
+    def into(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {**config, "access_log": access_config(self.path)}
+
+    def lines(self, proxy: Proxy) -> Iterator[tuple[str, int, str, float]]:
         """(path, status, class, queue wait in seconds) per access log line."""
-        for record in self.caplog.records:
-            if record.name == "mcp_proxy.access":
-                match = ACCESS_LINE.search(record.getMessage())
-                assert match is not None, record.getMessage()
-                path, status, klass, queue_ms = match.groups()
-                yield path, int(status), klass, float(queue_ms) / 1000
+        for fields in access_lines(proxy):
+            waited = (fields["queue_ms"] or 0.0) / 1000
+            yield fields["path"], fields["status"], fields["class"], waited
 
-    def by_path(self) -> dict[str, tuple[int, str, float]]:
-        return {path: (status, klass, waited) for path, status, klass, waited in self.lines()}
+    def by_path(self, proxy: Proxy) -> dict[str, tuple[int, str, float]]:
+        lines = self.lines(proxy)
+        return {path: (status, klass, waited) for path, status, klass, waited in lines}
 
 
 # -- metrics -----------------------------------------------------------------------------
@@ -250,7 +250,8 @@ async def step_through(backend: CountingBackend, count: int) -> list[str]:
 async def test_freed_slots_go_to_the_highest_class_then_in_arrival_order(
     tmp_path: Path, held: CountingBackend, access: AccessLog
 ) -> None:
-    proxy = await Proxy.start(tmp_path, admission_config(held, max_queue=64, queue_timeout="30s"))
+    config = access.into(admission_config(held, max_queue=64, queue_timeout="30s"))
+    proxy = await Proxy.start(tmp_path, config)
     gate = proxy.server.runtime.gate
     try:
         async with unlimited_client(proxy) as http, asyncio.TaskGroup() as tasks:
@@ -282,7 +283,7 @@ async def test_freed_slots_go_to_the_highest_class_then_in_arrival_order(
             results = await asyncio.gather(*running)
         assert {r.status for r in results} == {200}
         assert held.peak_inflight == 4
-        logged = access.by_path()
+        logged = access.by_path(proxy)
         assert logged["/token/critical"][1] == "critical"
         assert logged["/token/unknown-class"][1] == "normal"
         assert logged["/spoofed"][1] == "normal"
@@ -335,7 +336,7 @@ async def test_critical_trickle_overtakes_a_low_flood(
 ) -> None:
     """4 slots x 50 ms serve 80 requests/s; 200 low/s arrive, and 8 critical/s (half of them
     by token claim on a normal route), and 4/s low ones that claim critical in a header."""
-    config = admission_config(slow, max_queue=64, queue_timeout="600ms")
+    config = access.into(admission_config(slow, max_queue=64, queue_timeout="600ms"))
     proxy = await Proxy.start(tmp_path, config)
     try:
         before = await scrape(proxy)
@@ -352,7 +353,7 @@ async def test_critical_trickle_overtakes_a_low_flood(
         after = await scrape(proxy)
     finally:
         await proxy.stop()
-    logged = access.by_path()
+    logged = access.by_path(proxy)
     criticals = by_route + by_token
     critical_waits = sorted(logged[r.path][2] for r in criticals)
     low_ok = [r for r in lows if r.status == 200]
@@ -436,7 +437,8 @@ async def test_a_client_that_goes_away_leaves_the_queue_at_once(
 ) -> None:
     """45 queued clients go away: with FIN (a plain close(), what aiohttp, curl and browsers
     do), with RST, or by an aiohttp client timeout. None of them may keep a place in line."""
-    proxy = await Proxy.start(tmp_path, admission_config(held, max_queue=64, queue_timeout="30s"))
+    config = access.into(admission_config(held, max_queue=64, queue_timeout="30s"))
+    proxy = await Proxy.start(tmp_path, config)
     gate = proxy.server.runtime.gate
     paths = [f"/low/gone{i}" for i in range(40)] + [f"/critical/gone{i}" for i in range(5)]
     try:
@@ -460,7 +462,7 @@ async def test_a_client_that_goes_away_leaves_the_queue_at_once(
             await eventually(lambda: gate.inflight == 0)
             after = await fetch(http, "/low/after")
         assert after.status == 200
-        assert access.by_path()["/low/after"][2] == 0.0  # straight through, no queueing
+        assert access.by_path(proxy)["/low/after"][2] == 0.0  # straight through, no queueing
         assert held.arrivals[4:] == ["/low/after"]  # nobody who left reached the backend
     finally:
         await proxy.stop()

@@ -41,6 +41,7 @@ from tests.auth_helpers import (
     sign,
     write_jwks,
 )
+from tests.integration.accesslines import access_config, access_lines
 from tests.integration.harness import Backend, Proxy, eventually
 from tests.integration.idp import IdP
 
@@ -142,6 +143,7 @@ async def start_proxy(
 
     async def start(issuers: list[str] | None = None, **rs_issuer: Any) -> Proxy:
         config = auth_proxy_config(backend, idp, issuers=issuers, **rs_issuer)
+        config["access_log"] = access_config(tmp_path / f"access{len(started)}.log")
         proxy = await Proxy.start(tmp_path, config, name=f"proxy{len(started)}.yaml")
         started.append(proxy)
         return proxy
@@ -717,7 +719,6 @@ async def test_tokens_never_reach_the_logs(
     proxy: Proxy, backend: Backend, idp: IdP, caplog: pytest.LogCaptureFixture
 ):
     caplog.set_level(logging.DEBUG, logger="mcp_proxy")
-    caplog.set_level(logging.DEBUG, logger="mcp_proxy.access")
     good = rs_token(sub="logged-user")
     tokens = [
         good,
@@ -732,19 +733,18 @@ async def test_tokens_never_reach_the_logs(
         assert reply.status == (200 if token is good else 401)
     await call(proxy, f"/api/q?access_token={good}")  # the query string is never a token...
     records = [r for r in caplog.records if r.name.startswith("mcp_proxy")]
-    assert sum(r.name == "mcp_proxy.access" for r in records) == len(tokens) + 1
+    lines = access_lines(proxy)
+    assert len(lines) == len(tokens) + 1
+    assert lines[-1]["query"] == "access_token=<redacted>"  # ...and RFC 6750's is not logged
     # The whole token, and its signature alone (what would let someone replay it).
     secrets = set(tokens) | {token.rsplit(".", 1)[1] for token in tokens if len(token) > 100}
-    for record in records:
-        text = " ".join([record.getMessage(), str(record.args), record.exc_text or ""])
+    texts = [" ".join([r.getMessage(), str(r.args), r.exc_text or ""]) for r in records]
+    for text in texts + [json.dumps(line) for line in lines]:
         leaked = [secret for secret in secrets if secret in text]
-        assert not leaked, (record.name, text)
+        assert not leaked, text
 
 
-async def test_priority_claim_sets_the_class_and_a_header_does_not(
-    proxy: Proxy, caplog: pytest.LogCaptureFixture
-):
-    caplog.set_level(logging.INFO, logger="mcp_proxy.access")
+async def test_priority_claim_sets_the_class_and_a_header_does_not(proxy: Proxy):
     critical_before = await metric(proxy, "mcp_proxy_queue_wait_seconds_count", priority="critical")
     cases = {
         "by-claim": (rs_token(priority="critical"), {}),
@@ -756,14 +756,11 @@ async def test_priority_claim_sets_the_class_and_a_header_does_not(
         path = "/public/x" if token is None else "/api/x"
         reply = await call(proxy, path, token, headers={"X-Request-ID": request_id, **headers})
         assert reply.status == 200
-    lines = {
-        line.rsplit("id=", 1)[1]: line
-        for line in (r.getMessage() for r in caplog.records if r.name == "mcp_proxy.access")
-    }
-    assert "class=critical" in lines["by-claim"]
-    assert "class=normal" in lines["by-header"]
-    assert "class=normal" in lines["unknown-claim"]
-    assert "class=normal" in lines["public-header"]
+    lines = {line["request_id"]: line for line in access_lines(proxy)}
+    assert lines["by-claim"]["class"] == "critical"
+    assert lines["by-header"]["class"] == "normal"
+    assert lines["unknown-claim"]["class"] == "normal"
+    assert lines["public-header"]["class"] == "normal"
     after = await metric(proxy, "mcp_proxy_queue_wait_seconds_count", priority="critical")
     assert after == critical_before + 1
 

@@ -84,7 +84,7 @@ def test_mcp_proxy_config_is_valid_for_the_proxy() -> None:
     ]
     assert config.auth.issuers[0].secret_env == issuer.secret_env
     assert config.admission.max_inflight == 16
-    assert config.access_log is False
+    assert config.access_log.enabled is False
     assert config.limits.idle_timeout >= 300  # idle connections outlive the memory reading
 
 

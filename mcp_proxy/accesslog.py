@@ -1,0 +1,371 @@
+"""The access log: one preformatted line per request, written off the event loop.
+
+Design (nginx and Envoy studied). nginx formats each line into a per-log buffer (`buffer=`,
+64 KiB by default) and writes it when the next line would not fit, when it is older than
+`flush=`, or on reopen/exit; but the write is a plain blocking write() from the worker, so a
+slow disk or a full pipe stalls every connection of that worker. Envoy appends to a buffer
+under a lock and a flush thread writes it when it passes 64 KiB or a flush interval elapses,
+so workers never write; its buffer is not capped (it counts bytes buffered, it does not
+drop). Here: Envoy's shape (a writer thread, 64 KiB, an interval) with nginx's one-buffer
+cheapness on the loop side, plus a cap, because SPEC says writing never blocks and lines that
+cannot be kept up with are dropped and counted:
+
+- the event loop appends each line (bytes) to a bytearray: no lock, no call into logging;
+- at 64 KiB, or one second after the first line of a buffer (a loop timer that exists only
+  while lines are pending), the buffer is handed over under a lock to the writer thread's
+  pending bytes; the thread writes what it takes in one os.write loop;
+- at most `HELD` bytes (1 MiB) wait for the thread; a hand-over past that is dropped whole
+  and its lines counted (`dropped`), as are lines of a write that fails;
+- the thread owns the file descriptor: `reopen()` (SIGUSR1, logrotate) and a path changed by
+  a reload are done by it between two writes, so no write ever goes to a closed fd.
+
+Lines are formatted with one `%` per line; only strings that may need escaping (path, query,
+names from the config) go through a regex check, and json.dumps only when it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import select
+import threading
+import time
+from typing import TYPE_CHECKING, Final
+
+from mcp_proxy.errors import ClientError
+from mcp_proxy.headers import traceparent_for
+from mcp_proxy.http1.exchange import Request
+
+if TYPE_CHECKING:
+    from mcp_proxy.config.model import AccessLogConfig
+    from mcp_proxy.flight import Flight
+
+log = logging.getLogger("mcp_proxy")
+
+BUFFER: Final = 64 * 1024  # hand a buffer over once it holds this much
+INTERVAL: Final = 1.0  # ...or this long after its first line
+HELD: Final = 1024 * 1024  # most bytes waiting for the writer thread; past it, lines drop
+_PLAIN: Final = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*\Z").match  # no ", \, control
+_SECRET_PARAMETER: Final = re.compile(rb"((?:^|&)access_token=)[^&]*")
+_JSON: Final = (
+    '{"time":"%s","request_id":"%s","client":%s,"method":%s,"path":%s%s,"status":%d,'
+    '"route":%s,"pool":%s,"backend":%s,"class":%s,"queue_ms":%s,"upstream_ms":%s,'
+    '"duration_ms":%.1f,"bytes_in":%d,"bytes_out":%d%s,"subject":%s,"tls":null,'
+    '"traceparent":"%s","worker":%d}\n'
+)
+_TEXT: Final = (
+    "%s %s %s %d route=%s pool=%s backend=%s class=%s queue_ms=%s upstream_ms=%s "
+    "ms=%.1f in=%d out=%d reason=%s sub=%s tls=- traceparent=%s worker=%d id=%s\n"
+)
+
+
+def quoted(value: str | None) -> str:
+    """A JSON string (or null): as is when nothing in it needs escaping."""
+    if value is None:
+        return "null"
+    if _PLAIN(value):
+        return f'"{value}"'
+    return json.dumps(value)
+
+
+def bare(value: str | None) -> str:
+    """A text-format value: `-` when unknown, quoted JSON-style when it has odd characters."""
+    if value is None or value == "":
+        return "-"
+    if _PLAIN(value) and " " not in value:
+        return value
+    return json.dumps(value)
+
+
+class Stamp:
+    """RFC 3339 UTC time with milliseconds; the part down to the second is made once a second."""
+
+    __slots__ = ("prefix", "second")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = ""
+
+    def __call__(self, now: float) -> str:
+        second = int(now)
+        if second != self.second:
+            self.second = second
+            self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self.prefix}.{int((now - second) * 1000):03d}Z"
+
+
+class Facts:
+    """What one line says; None where a fact is not known for the request."""
+
+    __slots__ = (
+        "backend", "bytes_in", "bytes_out", "client", "duration_ms", "klass", "method",
+        "path", "pool", "query", "queue_ms", "reason", "request_id", "route", "status",
+        "subject", "traceparent", "upstream_ms",
+    )  # fmt: skip
+
+    def __init__(self, request: Request | None, request_id: bytes, status: int) -> None:
+        self.request_id = request_id.decode()
+        self.status = status
+        self.client: str | None = None
+        self.method: str | None = None
+        self.path: str | None = None
+        self.query = ""
+        self.route: str | None = None
+        self.pool: str | None = None
+        self.backend: str | None = None
+        self.klass: str | None = None
+        self.queue_ms: float | None = None
+        self.upstream_ms: float | None = None
+        self.duration_ms = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.reason: str | None = None
+        self.subject: str | None = None
+        self.traceparent = b""
+        if request is not None:
+            self.client = request.peer.decode() or None
+            self.method = request.method or None
+            path, _, query = request.target.partition(b"?")
+            self.path = path.decode("utf-8", "replace") or None
+            if b"access_token=" in query:  # RFC 6750 2.3: a bearer token in the query
+                query = _SECRET_PARAMETER.sub(b"\\1<redacted>", query)
+            self.query = query.decode("utf-8", "replace")
+            self.bytes_in = request.body.received
+
+
+def json_line(facts: Facts, stamp: str, worker: int) -> bytes:
+    query = ',"query":' + quoted(facts.query) if facts.query else ""
+    reason = ',"reason":' + quoted(facts.reason) if facts.reason is not None else ""
+    return (_JSON % (
+        stamp, facts.request_id, quoted(facts.client), quoted(facts.method), quoted(facts.path),
+        query, facts.status, quoted(facts.route), quoted(facts.pool), quoted(facts.backend),
+        quoted(facts.klass), _number(facts.queue_ms), _number(facts.upstream_ms),
+        facts.duration_ms, facts.bytes_in, facts.bytes_out, reason, quoted(facts.subject),
+        facts.traceparent.decode(), worker,
+    )).encode()  # fmt: skip
+
+
+def text_line(facts: Facts, stamp: str, worker: int) -> bytes:
+    query = "?" + facts.query if facts.query else ""
+    request = f"{facts.method or '-'} {facts.path or '-'}{query}"
+    return (_TEXT % (
+        stamp, bare(facts.client), quoted(request), facts.status,
+        bare(facts.route), bare(facts.pool), bare(facts.backend), bare(facts.klass),
+        _number(facts.queue_ms, "-"), _number(facts.upstream_ms, "-"), facts.duration_ms,
+        facts.bytes_in, facts.bytes_out, bare(facts.reason), bare(facts.subject),
+        facts.traceparent.decode(), worker, facts.request_id,
+    )).encode("utf-8", "replace")  # fmt: skip
+
+
+def _number(value: float | None, unknown: str = "null") -> str:
+    return unknown if value is None else f"{value:.1f}"
+
+
+class AccessLog:
+    """The writer: `record` (a request the pipeline served), `refused` (one answered before
+    it), `reopen`, `configure` (a reload), `flush` and `close` (drain, exit)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, config: AccessLogConfig) -> None:
+        self.loop = loop
+        self.enabled = config.enabled
+        self.json = config.format == "json"
+        self.path = config.path
+        self.fd = self._open(self.path)  # at start: a path that cannot be opened stops it
+        self.buf = bytearray()
+        self.lines = 0  # lines in `buf`
+        self.timer: asyncio.TimerHandle | None = None
+        self.stamp = Stamp()
+        self.worker = os.getpid()
+        self.dropped = 0
+        # Shared with the writer thread, under `cond`:
+        self.cond = threading.Condition()
+        self.pending = bytearray()
+        self.pending_lines = 0
+        self.busy = False  # the thread is writing what it took
+        self.new_path: str | None = None  # reopen (this path) before the next write
+        self.closing = False
+        self.thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"<AccessLog {self.path} enabled={self.enabled} dropped={self.dropped}>"
+
+    # -- lines ----------------------------------------------------------------------------------
+    def record(self, flight: Flight, elapsed: float, bytes_out: int) -> None:
+        request = flight.request
+        facts = Facts(request, flight.request_id, flight.status)
+        route, backend, klass = flight.route, flight.backend, flight.klass
+        if route is not None:
+            facts.route = route.name
+        if backend is not None:
+            facts.pool, facts.backend = backend.pool, backend.url
+        if klass >= 0:
+            facts.klass = flight.runtime.gate.class_names[klass]
+            facts.queue_ms = flight.waited * 1000
+        if flight.upstream >= 0:
+            facts.upstream_ms = flight.upstream * 1000
+        facts.duration_ms = elapsed * 1000
+        facts.bytes_out = bytes_out
+        facts.reason = flight.reason
+        if flight.identity is not None:
+            subject = flight.identity.claims.get("sub")
+            facts.subject = subject if isinstance(subject, str) else None
+        facts.traceparent = flight.traceparent or traceparent_for(request.headers)
+        self.add(facts)
+
+    def refused(
+        self, error: ClientError, request_id: bytes, request: Request | None, bytes_out: int
+    ) -> None:
+        """A request the engine answered before the pipeline (malformed, 408, 413, 431)."""
+        if not self.enabled:
+            return
+        facts = Facts(request, request_id, error.status)
+        facts.reason = error.reason
+        facts.bytes_out = bytes_out
+        if request is not None and request.started:
+            facts.duration_ms = (time.monotonic() - request.started) * 1000
+        facts.traceparent = traceparent_for(request.headers if request is not None else ())
+        self.add(facts)
+
+    def add(self, facts: Facts) -> None:
+        stamp = self.stamp(time.time())
+        line = (
+            json_line(facts, stamp, self.worker)
+            if self.json
+            else text_line(facts, stamp, self.worker)
+        )
+        self.buf += line
+        self.lines += 1
+        if len(self.buf) >= BUFFER:
+            self.hand_over()
+        elif self.timer is None:
+            self.timer = self.loop.call_later(INTERVAL, self._tick)
+
+    def _tick(self) -> None:
+        self.timer = None
+        self.hand_over()
+
+    # -- to the writer thread -------------------------------------------------------------------
+    def hand_over(self) -> None:
+        """Give the buffer to the writer thread; drop it (counted) if too much already waits."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if not self.buf:
+            return
+        buf, lines = self.buf, self.lines
+        self.buf, self.lines = bytearray(), 0
+        with self.cond:
+            if len(self.pending) + len(buf) > HELD:
+                self.dropped += lines
+                return
+            self.pending += buf
+            self.pending_lines += lines
+            self.cond.notify()
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="access-log", daemon=True)
+            self.thread.start()
+
+    def configure(self, config: AccessLogConfig) -> None:
+        """A reload: format and on/off at once; a new path after what is pending is written."""
+        self.enabled = config.enabled
+        self.json = config.format == "json"
+        if config.path != self.path:
+            self.hand_over()
+            self.path = config.path
+            self._ask_reopen(config.path)
+
+    def reopen(self) -> None:
+        """SIGUSR1: what is buffered goes to the old file, what follows to a new one."""
+        if self.path != "-":
+            self.hand_over()
+            self._ask_reopen(self.path)
+
+    def _ask_reopen(self, path: str) -> None:
+        with self.cond:
+            self.new_path = path
+            self.cond.notify()
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="access-log", daemon=True)
+            self.thread.start()
+
+    def flush(self, timeout: float = 2.0) -> bool:
+        """Hand over what is buffered and wait (at most `timeout`) until it is written."""
+        self.hand_over()
+        return self.written(timeout)
+
+    def written(self, timeout: float) -> bool:
+        """Wait (at most `timeout`) until the thread has written what it was handed. Safe
+        from any thread (it touches only what `cond` guards)."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.pending or self.busy or self.new_path is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.thread is None:
+                    return False
+                self.cond.wait(left)
+        return True
+
+    def finish(self, timeout: float = 2.0) -> None:
+        """Exit, after `hand_over` on the loop: wait for the writes (bounded: a stdout nobody
+        reads must not hold the process), then stop the thread. Safe from any thread."""
+        done = self.written(timeout)
+        with self.cond:
+            self.closing = True
+            self.cond.notify_all()
+        if done and self.thread is not None:
+            self.thread.join(timeout)
+
+    # -- the writer thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.pending and self.new_path is None and not self.closing:
+                    self.cond.wait()
+                if self.closing and not self.pending:
+                    break
+                data = self.pending
+                self.pending, self.pending_lines = bytearray(), 0
+                path, self.new_path = self.new_path, None
+                self.busy = True
+            if path is not None:
+                self._swap(path)
+            if data:
+                self._write(data)
+            with self.cond:
+                self.busy = False
+                self.cond.notify_all()
+        if self.fd > 2:
+            os.close(self.fd)
+
+    def _swap(self, path: str) -> None:
+        try:
+            fd = self._open(path)
+        except OSError as error:
+            log.warning("access log: cannot open %s (%s): the old file is kept", path, error)
+            return
+        old, self.fd = self.fd, fd
+        if old > 2:
+            os.close(old)
+
+    def _write(self, data: bytearray) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                try:
+                    view = view[os.write(self.fd, view) :]
+                except BlockingIOError:  # a non-blocking fd (a shared stdout): wait, bounded
+                    select.select([], [self.fd], [], 1.0)
+        except OSError as error:
+            lost = bytes(view).count(b"\n")
+            with self.cond:
+                self.dropped += lost
+            log.warning("access log: write failed (%s): %d lines dropped", error, lost)
+
+    @staticmethod
+    def _open(path: str) -> int:
+        if path == "-":
+            return 1
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
