@@ -49,6 +49,10 @@ BUFFER: Final = 64 * 1024  # hand a buffer over once it holds this much
 INTERVAL: Final = 1.0  # ...or this long after its first line
 HELD: Final = 1024 * 1024  # most bytes waiting for the writer thread; past it, lines drop
 _PLAIN: Final = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*\Z").match  # no ", \, control
+# A client error's reason names its kind better by status (SPEC: `body_too_large`...).
+_CLIENT_REASONS: Final = {
+    408: "request_timeout", 413: "body_too_large", 414: "uri_too_long", 431: "headers_too_large",
+}  # fmt: skip
 _SECRET_PARAMETER: Final = re.compile(rb"((?:^|&)access_token=)[^&]*")
 _JSON: Final = (
     '{"time":"%s","request_id":"%s","client":%s,"method":%s,"path":%s%s,"status":%d,'
@@ -160,6 +164,12 @@ def text_line(facts: Facts, stamp: str, worker: int) -> bytes:
     )).encode("utf-8", "replace")  # fmt: skip
 
 
+def _reason(reason: str | None, status: int) -> str | None:
+    if reason == "bad_request":
+        return _CLIENT_REASONS.get(status, reason)
+    return reason
+
+
 def _number(value: float | None, unknown: str = "null") -> str:
     return unknown if value is None else f"{value:.1f}"
 
@@ -208,7 +218,7 @@ class AccessLog:
             facts.upstream_ms = flight.upstream * 1000
         facts.duration_ms = elapsed * 1000
         facts.bytes_out = bytes_out
-        facts.reason = flight.reason
+        facts.reason = _reason(flight.reason, flight.status)
         if flight.identity is not None:
             subject = flight.identity.claims.get("sub")
             facts.subject = subject if isinstance(subject, str) else None
@@ -222,7 +232,7 @@ class AccessLog:
         if not self.enabled:
             return
         facts = Facts(request, request_id, error.status)
-        facts.reason = error.reason
+        facts.reason = _reason(error.reason, error.status)
         facts.bytes_out = bytes_out
         if request is not None and request.started:
             facts.duration_ms = (time.monotonic() - request.started) * 1000

@@ -174,9 +174,9 @@ class Pipeline:
         identity: Identity = flight.value
         flight.value = None
         assert flight.route is not None and flight.route.scopes is not None
+        flight.identity = identity  # before the scope check: a 403 logs its verified subject
         if flight.route.scopes:
             authorize(identity, flight.route.scopes)
-        flight.identity = identity
         flight.phase = BUFFER
 
     def _buffer(self, flight: Flight) -> Awaitable[None] | None:
