@@ -83,6 +83,7 @@ class Relay(Protocol):
     def relay_head(self, attempt: Attempt, response: ResponseHead) -> None: ...
     def relay_read_end(self, attempt: Attempt, complete: bool) -> None: ...
     def fail(self, flight: Flight, error: BaseException) -> None: ...
+    def stalled(self, flight: Flight) -> None: ...
 
 
 class Attempt:
@@ -119,6 +120,7 @@ class Attempt:
     def pause_producing(self) -> None:
         if self.conn is not None:
             self.conn.pause_reading()
+        self.pipeline.stalled(self.flight)
 
     def resume_producing(self) -> None:
         if self.conn is not None:

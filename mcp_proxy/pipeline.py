@@ -366,14 +366,23 @@ class Pipeline:
         self._land(flight)
         writer.end(request)
 
+    def stalled(self, flight: Flight) -> None:
+        """The client stopped reading its response: the admission slot goes to the next
+        request. Admission bounds the work asked of backends, and a response waiting on its
+        client asks none; so slow readers (slowhttptest -X) cannot hold every slot."""
+        self._release_slot(flight)
+
+    def _release_slot(self, flight: Flight) -> None:
+        if flight.slot:
+            flight.slot = False
+            flight.runtime.gate.release()
+
     def _land(self, flight: Flight) -> None:
         """The end of every request, once: free its slot, count it, log it."""
         flight.phase = DONE
         flight.request.flight = None  # no cycle: the request and its flight are freed at once
         runtime = flight.runtime
-        if flight.slot:
-            flight.slot = False
-            runtime.gate.release()
+        self._release_slot(flight)
         flight.request.queued = False
         runtime.active -= 1
         if not runtime.active and runtime.retired is not None:

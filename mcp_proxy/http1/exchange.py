@@ -31,7 +31,7 @@ from mcp_proxy.errors import ClientError, ProxyError
 from mcp_proxy.http1 import wire
 from mcp_proxy.http1.body import Body
 from mcp_proxy.http1.deadline import Deadline
-from mcp_proxy.http1.pace import RateWindow
+from mcp_proxy.http1.pace import RATE_WINDOW, RateWindow
 
 if TYPE_CHECKING:
     from mcp_proxy.http1.settings import ClientSettings
@@ -139,6 +139,7 @@ class ResponseWriter:
         "loop",
         "out",
         "owner",
+        "paused_at",
         "producer",
         "rate",
         "request",
@@ -162,6 +163,7 @@ class ResponseWriter:
         self.committed = False
         self.producer: Producer | None = None
         self.is_paused = False
+        self.paused_at = 0.0
         self.sent = 0
         self.began = 0  # `sent` when the current response began (bytes_out of the access log)
         self.rate = RateWindow(settings.min_rate)  # min_rate for responses
@@ -327,13 +329,22 @@ class ResponseWriter:
     def paused(self) -> None:
         """The transport's buffer is full: pause the producer, start the send clock."""
         self.is_paused = True
+        self.paused_at = self.loop.time()
         producer = self.producer
         if producer is not None:
             producer.pause_producing()
         if self._too_slow():
             self.cut()
             return
-        self.deadline.set(self.settings.send_timeout, self._send_expired)
+        self._arm_pace()
+
+    def _arm_pace(self) -> None:
+        """While paused, look again at the next min_rate window's end or at send_timeout,
+        whichever comes first: a reader that takes a few bytes now and then never resumes
+        the transport, so the pace must be judged on a clock, not on resumes."""
+        settings = self.settings
+        left = settings.send_timeout - (self.loop.time() - self.paused_at)
+        self.deadline.set(min(left, RATE_WINDOW) if settings.min_rate else left, self._pace)
 
     def resumed(self) -> None:
         self.is_paused = False
@@ -347,9 +358,13 @@ class ResponseWriter:
         delivered = self.sent - (transport.get_write_buffer_size() if transport else 0)
         return self.rate.too_slow(delivered)
 
-    def _send_expired(self) -> None:
-        if self.is_paused:
+    def _pace(self) -> None:
+        if not self.is_paused:
+            return
+        if self.loop.time() - self.paused_at >= self.settings.send_timeout or self._too_slow():
             self.cut()  # connection_lost tells the pipeline (ClientGone)
+        else:
+            self._arm_pace()
 
     def closing(self) -> None:
         self.state = CLOSED

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from tests.auth_helpers import AUDIENCE
-from tests.integration.harness import Backend, Proxy, simple_config
+from tests.integration.harness import Backend, Proxy, eventually, simple_config
 from tests.integration.rawpeers import RawClient
 
 BIG = 20 * 1024 * 1024  # a response a slow reader cannot take in quickly
@@ -120,7 +120,12 @@ async def test_a_reader_that_reads_nothing_is_closed_at_send_timeout_and_frees_i
         admission={"max_inflight": 1, "queue_timeout": "10s"},
     )
     reader = await slow_reader(proxy.port, f"/download/{BIG}")
-    await asyncio.wait_for(get_200(proxy), 15)  # served once the slow reader's slot is freed
+    # Served while the slow reader still sits on its response: a response waiting on its
+    # client gives its admission slot back (max_inflight is 1 here).
+    await asyncio.wait_for(get_200(proxy), 15)
+    # ... and the slow reader is cut at send_timeout (read nothing until then: reading would
+    # let its response move again)
+    await eventually(lambda: not proxy.server.connections, timeout=10.0)
     received, closed = await reader.drain(timeout=10.0)
     assert closed and received < BIG  # cut, not served whole
     reader.close()

@@ -251,7 +251,7 @@ async def test_send_timeout_does_nothing_once_writing_resumed() -> None:
     writer = client.conn.writer
     writer.paused()
     writer.resumed()
-    writer._send_expired()
+    writer._pace()
     assert not client.transport.aborted
 
 
@@ -286,3 +286,25 @@ async def test_min_rate_off_never_cuts() -> None:
     client, _ = served(min_rate=0, send_timeout=30.0)
     client.conn.writer.paused()
     assert not client.transport.aborted and "WAITING" in repr(client.conn.writer)
+
+
+async def test_a_paused_client_below_min_rate_is_cut_on_the_clock_without_resuming() -> None:
+    # slowhttptest -X takes a few bytes now and then: the transport never resumes, so the
+    # pace is judged by the writer's own clock at each window's end.
+    client, _ = served(min_rate=1000, send_timeout=30.0)
+    writer = client.conn.writer
+    writer.paused()  # opens the window and arms the clock for the window's end
+    assert writer.deadline.when is not None and not client.transport.aborted
+    writer.rate.start = monotonic() - RATE_WINDOW - 1  # a window passed, almost nothing read
+    writer._pace()
+    assert client.transport.aborted
+
+
+async def test_a_paused_client_at_min_rate_stays_and_the_clock_is_armed_again() -> None:
+    client, _ = served(min_rate=10, send_timeout=30.0)
+    writer = client.conn.writer
+    writer.paused()
+    writer.rate.start = monotonic() - RATE_WINDOW - 1
+    writer.sent += 10_000  # read well above min_rate meanwhile
+    writer._pace()
+    assert not client.transport.aborted and writer.deadline.when is not None
