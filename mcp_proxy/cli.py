@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mcp_proxy.config import ConfigError, LoadedConfig, load
+from mcp_proxy.memory import map_large_buffers
 
 DEFAULT_CONFIG = "config/mcp-proxy.yaml"
 
@@ -109,6 +110,7 @@ def run(path: str, log_level: str = "info") -> int:
     if loaded is None:
         return 2
     setup_logging(log_level)
+    map_large_buffers()  # memory.py: RSS comes back after a burst of slow readers
     return serve(loaded)
 
 
