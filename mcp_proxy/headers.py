@@ -9,9 +9,9 @@ are replaced. Towards the client: the same stripping; the framing is the writer'
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
-from random import getrandbits
 from typing import Final
 
 from mcp_proxy.http1 import wire
@@ -50,7 +50,32 @@ def traceparent_for(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
             ):
                 return value
             break
-    return b"00-%032x-%016x-01" % (getrandbits(128) or 1, getrandbits(64) or 1)
+    return TRACE_IDS.next()
+
+
+class TraceIds:
+    """New W3C trace contexts, cheaply: 128 random bits per process for the trace id (64 for
+    the parent id) whose last hex digits are replaced by a sequence number, so every id is
+    unique within the process and random across processes, never all zero. One short `%x`
+    and one join: formatting `getrandbits(128)` cost ~5,500 instructions a request."""
+
+    __slots__ = ("_count", "_parent", "_trace")
+
+    def __init__(self) -> None:
+        self._trace = b"00-" + os.urandom(16).hex().encode()
+        self._parent = b"-" + os.urandom(8).hex().encode()
+        self._count = 0
+
+    def next(self) -> bytes:
+        self._count = (
+            self._count % 0xFFFFFFFFFFFF + 1
+        )  # at most 12 digits: both ids keep randomness
+        digits = b"%x" % self._count
+        n = len(digits)
+        return b"".join((self._trace[: 35 - n], digits, self._parent[: 17 - n], digits, b"-01"))
+
+
+TRACE_IDS = TraceIds()
 
 
 def request_head(
