@@ -222,7 +222,7 @@ class AccessLog:
         if flight.identity is not None:
             subject = flight.identity.claims.get("sub")
             facts.subject = subject if isinstance(subject, str) else None
-        facts.traceparent = flight.traceparent or traceparent_for(request.headers)
+        facts.traceparent = flight.traceparent or traceparent_for(request.traceparent)
         self.add(facts)
 
     def refused(
@@ -236,7 +236,7 @@ class AccessLog:
         facts.bytes_out = bytes_out
         if request is not None and request.started:
             facts.duration_ms = (time.monotonic() - request.started) * 1000
-        facts.traceparent = traceparent_for(request.headers if request is not None else ())
+        facts.traceparent = traceparent_for(request.traceparent if request is not None else None)
         self.add(facts)
 
     def add(self, facts: Facts) -> None:

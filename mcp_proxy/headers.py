@@ -38,18 +38,17 @@ _ZERO_TRACE: Final = b"0" * 32
 _ZERO_PARENT: Final = b"0" * 16
 
 
-def traceparent_for(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+def traceparent_for(value: bytes | None) -> bytes:
     """The request's traceparent when it is valid (W3C), else a new one: a random trace id
     and parent id, sampled (the access log records the request under it)."""
-    for name, value in headers:
-        if name == b"traceparent":
-            if (
-                _VALID_TRACEPARENT(value)
-                and value[3:35] != _ZERO_TRACE
-                and value[36:52] != _ZERO_PARENT
-            ):
-                return value
-            break
+    # `value` is the request's, noted while parsing (head.py): no scan of the headers
+    if (
+        value is not None
+        and _VALID_TRACEPARENT(value)
+        and value[3:35] != _ZERO_TRACE
+        and value[36:52] != _ZERO_PARENT
+    ):
+        return value
     return TRACE_IDS.next()
 
 
@@ -75,7 +74,7 @@ class TraceIds:
         return b"".join((self._trace[: 35 - n], digits, self._parent[: 17 - n], digits, b"-01"))
 
 
-TRACE_IDS = TraceIds()
+TRACE_IDS: Final = TraceIds()
 
 
 def request_head(

@@ -218,7 +218,7 @@ class Pipeline:
         if not flight.attempts:
             runtime.retry_budget.record_request(now)
             identity = NO_IDENTITY if flight.identity is None else flight.identity.headers
-            flight.traceparent = traceparent_for(flight.request.headers)
+            flight.traceparent = traceparent_for(flight.request.traceparent)
             flight.head = request_head(
                 flight.request, identity, flight.request_id, flight.traceparent
             )

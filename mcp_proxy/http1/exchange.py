@@ -95,6 +95,7 @@ class Request:
         "request_id",
         "started",
         "target",
+        "traceparent",
         "trusted",
         "version",
         "writer",
@@ -113,6 +114,7 @@ class Request:
         self.host: bytes | None = None
         self.authorization: bytes | None = None
         self.request_id: bytes | None = None
+        self.traceparent: bytes | None = None  # the client's W3C trace context, if any
         self.forwarded_for: bytes | None = None
         self.connection_tokens: list[bytes] = []
         self.content_length: int | None = None

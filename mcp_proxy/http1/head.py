@@ -170,6 +170,11 @@ def note_authorization(request: Request, value: bytes) -> None:
     request.authorization = value
 
 
+def note_traceparent(request: Request, value: bytes) -> None:
+    # A second one makes the context invalid (W3C): the proxy then starts a new trace.
+    request.traceparent = value if request.traceparent is None else b""
+
+
 def note_request_id(request: Request, value: bytes) -> None:
     request.request_id = value
 
@@ -188,6 +193,7 @@ NOTED: dict[bytes, Check] = {
     b"expect": note_expect,
     b"authorization": note_authorization,
     b"x-request-id": note_request_id,
+    b"traceparent": note_traceparent,
     b"x-forwarded-for": note_forwarded_for,
 }
 
