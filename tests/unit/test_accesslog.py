@@ -9,7 +9,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -19,8 +19,10 @@ from mcp_proxy.config.model import AccessLogConfig
 from mcp_proxy.errors import ClientError
 from mcp_proxy.headers import traceparent_for
 from mcp_proxy.http1.body import Body
+from mcp_proxy.http1.client import ClientConnection
 from mcp_proxy.http1.exchange import Request
 from tests.integration.harness import eventually
+from tests.unit.http1.fakes import FakeHandler, settings
 
 TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
 FIELDS = {
@@ -38,7 +40,10 @@ def writer(path: Path, **config: Any) -> AccessLog:
 def request(target: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> Request:
     loop = asyncio.get_running_loop()
     body = Body(loop, lambda: None, lambda: None)
-    req = Request(cast(Any, None), body, b"10.0.0.7", False)
+    # a real writer: compiled, Request checks its argument types
+    closed: list[ClientConnection] = []
+    conn = ClientConnection(FakeHandler(), settings(), closed.append, loop=loop)
+    req = Request(conn.writer, body, b"10.0.0.7", False)
     req.method, req.target, req.headers = "GET", target, headers or []
     req.started = time.monotonic()
     return req
