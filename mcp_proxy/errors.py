@@ -116,7 +116,6 @@ class UpstreamError(ProxyError):
 
     def __init__(self, message: str, *, before_send: bool, stale: bool = False) -> None:
         super().__init__(message)
-        self.before_send = before_send
         # Nothing of the request left the proxy: safe to retry for any method.
         self.retry = ANY_METHOD if before_send else IDEMPOTENT
         self.stale = stale

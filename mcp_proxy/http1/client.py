@@ -176,7 +176,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.reading = DONE
+        self._move(DONE)
         self.deadline.cancel()
         self.writer.lost()
         gone = ClientGone("client disconnected")
@@ -359,15 +359,14 @@ class ClientConnection(asyncio.Protocol):
 
     def _reject(self, error: ClientError) -> None:
         """A malformed, over-limit or too slow request: answer it (if it can be) and end."""
-        given = self.parsing.request_id if self.parsing is not None else None
-        parsing = self.parsing  # what was parsed of it, for the access log
+        parsing = self.parsing  # what was parsed of it: its request id, the access log's facts
         # Linger only for a client that may still be sending a body in good faith; one that
         # was too slow (408) is cut at once.
         lingers = error.status != 408 and (
             self.reading == BODY or (error.status == 413 and self.reading == HEAD)
         )
         if not lingers:
-            self.reading = DONE
+            self._move(DONE)
         if self.parsing is not None and self.parsing is self.current:
             self._abandon_parsing(error)  # the handler answers it (or cuts its response)
             return
@@ -377,11 +376,12 @@ class ClientConnection(asyncio.Protocol):
         self.queue.clear()
         if self.current is not None:
             self.current.keep_alive = False  # close after the one in service
-            self.reading = DONE
+            self._move(DONE)
             return
-        self.writer.error_alone(error, given, parsing)
+        self.writer.error_alone(error, parsing.request_id if parsing else None, parsing)
         if lingers and self.settings.lingering_time > 0:
-            self.reading = BODY  # what the client is still sending is a body we will not read
+            if self.reading == HEAD:  # what it still sends is a body we will not read
+                self._move(BODY)
             self._linger()
         else:
             self.close()
@@ -389,7 +389,7 @@ class ClientConnection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.closed:
             self.closed = True
-            self.reading = DONE
+            self._move(DONE)
             self.deadline.cancel()
             self.writer.closing()
             self.transport.close()

@@ -199,7 +199,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._fail(cause)
                 return
         if self.state == SENT:
-            self._head_spans_reads(len(data))
+            self._head_spans_reads()
         exchange = self._exchange
         if exchange is None:
             return
@@ -297,12 +297,12 @@ class UpstreamConnection(asyncio.Protocol):
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
         if self._head_bytes > self.max_head_bytes:
-            raise UpstreamError("response head from backend too large", before_send=False)
+            raise _head_too_large()
 
-    def _head_spans_reads(self, size: int) -> None:
+    def _head_spans_reads(self) -> None:
         """llhttp holds an unfinished header line beyond what on_header counted: bound it."""
         if self._received > self.max_head_bytes:
-            self._fail(UpstreamError("response head from backend too large", before_send=False))
+            self._fail(_head_too_large())
 
     def _close_delimited(self) -> bool:
         response = self._response
@@ -334,3 +334,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._drain_waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def _head_too_large() -> UpstreamError:
+    return UpstreamError("response head from backend too large", before_send=False)
