@@ -218,4 +218,4 @@ async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
     while not condition():
         if loop.time() > end:
             raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # sleep-ok: the bounded poll itself

@@ -32,11 +32,11 @@ async def test_a_body_over_high_water_pauses_the_producer_until_read() -> None:
 async def test_read_waits_for_data_then_the_end() -> None:
     b, _ = body(100)
     reader = asyncio.ensure_future(b.read())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # sleep-ok: one loop step, so the waiter is waiting
     b.feed(b"x")
     assert await reader == b"x"
     reader = asyncio.ensure_future(b.read())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # sleep-ok: one loop step, so the waiter is waiting
     b.finish()
     assert await reader == b""
 
@@ -60,15 +60,15 @@ async def test_fail_after_the_end_is_ignored() -> None:
 async def test_fill_waits_for_the_whole_body_or_the_limit() -> None:
     b, _ = body(100)
     filler = asyncio.ensure_future(b.fill(3))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # sleep-ok: one loop step, so the waiter is waiting
     b.feed(b"ab")
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # sleep-ok: one loop step, so the waiter is waiting
     assert not filler.done()
     b.feed(b"c")
     await filler
     b, _ = body(100)
     filler = asyncio.ensure_future(b.fill(10))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # sleep-ok: one loop step, so the waiter is waiting
     b.finish()
     await filler
 
@@ -76,7 +76,7 @@ async def test_fill_waits_for_the_whole_body_or_the_limit() -> None:
 async def test_fill_raises_when_the_body_fails() -> None:
     b, _ = body(100)
     filler = asyncio.ensure_future(b.fill(10))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # sleep-ok: one loop step, so the waiter is waiting
     b.fail(ClientGone("gone"))
     with pytest.raises(ClientGone):
         await filler
