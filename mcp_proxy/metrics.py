@@ -13,7 +13,15 @@ from collections.abc import Callable, Iterator
 from time import monotonic
 from typing import TYPE_CHECKING, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -51,6 +59,11 @@ class Metrics:
         self.durations = Distributions(LATENCY_BUCKETS)  # by route
         self.queue_waits = Distributions(QUEUE_BUCKETS)  # by priority class
         r.register(_TallyCollector(self))
+        # process_* (CPU, RSS, open fds, start time) and python_info/python_gc_*, as every
+        # prometheus_client exporter has them: read from /proc at scrape time, nothing per request.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.rejected = Counter(
             "mcp_proxy_rejected", "Requests refused by the proxy itself, by reason.",
             ["reason"], registry=r,

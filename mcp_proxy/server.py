@@ -16,6 +16,7 @@ import socket
 
 from aiohttp import web
 
+from mcp_proxy import operations
 from mcp_proxy.accesslog import AccessLog
 from mcp_proxy.admin import make_admin_app
 from mcp_proxy.config import LoadedConfig
@@ -83,9 +84,10 @@ class ProxyServer:
             return conn
 
         loop = asyncio.get_running_loop()
-        self.listener = await loop.create_server(
-            connection, host, port, reuse_address=True, backlog=1024
-        )
+        with operations.naming_the_key("listen", host, port):
+            self.listener = await loop.create_server(
+                connection, host, port, reuse_address=True, backlog=1024
+            )
         self.listen_address = _bound(self.listener)
 
     async def _start_admin(self, runtime: Runtime) -> None:
@@ -95,7 +97,8 @@ class ProxyServer:
         await self.admin_runner.setup()
         host, port = runtime.config.admin
         site = web.TCPSite(self.admin_runner, host, port, reuse_address=True)
-        await site.start()
+        with operations.naming_the_key("admin", host, port):
+            await site.start()
         self.admin_address = _bound(site._server)
 
     def _forget(self, conn: ClientConnection) -> None:
@@ -117,6 +120,7 @@ class ProxyServer:
         grace = self.runtime.config.drain_timeout if self.ref else 0.0
         if self.listener is not None:
             self.listener.close()
+        drain = operations.Drain(self.connections, grace, logged=self.stopping.is_set())
         for conn in list(self.connections):
             conn.start_draining()
         if self.connections:
@@ -124,6 +128,7 @@ class ProxyServer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
                     await self.drained.wait()
+        drain.done(self.connections)
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()

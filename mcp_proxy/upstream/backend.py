@@ -20,14 +20,12 @@ Two health signals meet here (decisions in `health.py`):
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from mcp_proxy.config.model import BackendConfig, Config, PoolConfig
+from mcp_proxy.upstream import healthlog
 from mcp_proxy.upstream.health import Hysteresis, OutlierState, may_eject
 from mcp_proxy.upstream.pool import ConnectionPool
 from mcp_proxy.upstream.rtt import PeakEwma
-
-log = logging.getLogger("mcp_proxy.health")
 
 
 class Outlier(OutlierState):
@@ -129,10 +127,9 @@ class Backend:
             return False
         if all(self._may_eject_from(group, now, max_ejected_percent) for group in self.groups):
             duration = self.outlier.eject(now)
-            log.warning(
-                "backend %s (pool %s) ejected for %gs after consecutive failures",
-                self.url, self.pool, duration,
-            )  # fmt: skip
+            healthlog.ejected(self.url, self.pool, duration, self.outlier.failures_to_eject)
+            until = self.outlier.ejected_until
+            self.connections.loop.call_later(duration, self._ejection_timed_out, until)
             return True
         return False
 
@@ -141,8 +138,13 @@ class Backend:
         if not self.health.record(ok):
             return False
         if self.health.healthy and self.outlier.reinstate(now):
-            log.info("backend %s (pool %s) back: ejection ended by recovery", self.url, self.pool)
+            healthlog.ejection_over(self.url, self.pool, "ended: health probes pass again")
         return True
+
+    def _ejection_timed_out(self, until: float) -> None:
+        """The ejection that was to end at `until` ran its time (not ended early, not renewed)."""
+        if self.outlier.ejected_until == until:
+            healthlog.ejection_over(self.url, self.pool, "time is up")
 
     def _may_eject_from(
         self, group: tuple[Backend, ...], now: float, max_ejected_percent: int

@@ -105,6 +105,10 @@ class OutlierState:
     def ejected_until(self) -> float:
         return self._ejected_until
 
+    @property
+    def failures_to_eject(self) -> int:
+        return self._config.consecutive_failures
+
     def record(self, ok: bool, now: float) -> bool:
         """Count one request outcome; True when this backend should now be ejected.
 

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from mcp_proxy.config.model import HealthConfig
 from mcp_proxy.errors import ProxyError
 from mcp_proxy.http1.upstream import ResponseHead, UpstreamConnection
+from mcp_proxy.upstream import healthlog
 from mcp_proxy.upstream.backend import Backend
 from mcp_proxy.upstream.pool import ConnectionPool
 
@@ -89,21 +90,21 @@ class HealthChecker:
         self.probes += 1
         served = self.served_at_last_probe.get(backend.key, 0)
         self.served_at_last_probe[backend.key] = backend.served
-        rtt = await self._get(backend)
+        result = await self._get(backend)
         now = time.monotonic()
-        ok = rtt is not None
+        ok = isinstance(result, float)
         idle = backend.served == served and backend.inflight == 0
-        if rtt is not None and (idle or not backend.rtt.has_sample):
-            backend.rtt.observe(rtt, now)
+        if isinstance(result, float) and (idle or not backend.rtt.has_sample):
+            backend.rtt.observe(result, now)
         if not ok:
             self.failures += 1
         if backend.record_probe(ok, now):
-            state = "healthy" if backend.health.healthy else "unhealthy"
-            log.warning("backend %s (pool %s) is now %s", backend.url, backend.pool, state)
+            reason = "" if isinstance(result, float) else result
+            healthlog.probe_flipped(backend.url, backend.pool, backend.health.healthy, reason)
         return ok
 
-    async def _get(self, backend: Backend) -> float | None:
-        """The probe's RTT in seconds if it passed, else None."""
+    async def _get(self, backend: Backend) -> float | str:
+        """The probe's RTT in seconds if it passed, else why it failed (healthlog.py)."""
         pool = self._pool(backend)
         pool.addresses = backend.connections.addresses  # DNS refresh replaces the data pool's
         request = self.requests[backend.key]
@@ -116,8 +117,8 @@ class HealthChecker:
                         raise
                 # The backend closed an idle connection as we used it: once more on a fresh one.
                 return await _exchange(await pool.connect(), request, self.config.timeout)
-        except (ProxyError, TimeoutError, OSError):
-            return None
+        except (ProxyError, TimeoutError, OSError) as error:
+            return healthlog.probe_failure(error, self.config.timeout)
 
     def _pool(self, backend: Backend) -> ConnectionPool:
         pool = self.pools.get(backend.key)
@@ -164,8 +165,8 @@ class _Probe:
             self.done.set_exception(error)
 
 
-async def _exchange(conn: UpstreamConnection, request: bytes, timeout: float) -> float | None:
-    """Send the probe on `conn`; its RTT when the answer is 2xx/3xx, else None. Raises
+async def _exchange(conn: UpstreamConnection, request: bytes, timeout: float) -> float | str:
+    """Send the probe on `conn`; its RTT when the answer is 2xx/3xx, else the status. Raises
     ProxyError when the connection fails. The connection goes back to its pool if reusable."""
     probe = _Probe(conn)
     try:
@@ -174,7 +175,7 @@ async def _exchange(conn: UpstreamConnection, request: bytes, timeout: float) ->
         conn.write(request)
         await probe.done
         rtt = probe.head_at - sent_at
-        return rtt if 200 <= probe.status < 400 else None
+        return rtt if 200 <= probe.status < 400 else healthlog.probe_status(probe.status)
     finally:
         conn.release()
 
