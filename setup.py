@@ -55,6 +55,7 @@ REQUEST_PATH = [
     "mcp_proxy/upstream/rtt.py",
     "mcp_proxy/upstream/health.py",
     "mcp_proxy/upstream/retry.py",
+    "mcp_proxy/accesslog.py",
 ]
 
 

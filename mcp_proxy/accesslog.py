@@ -246,7 +246,7 @@ class AccessLog:
             if self.json
             else text_line(facts, stamp, self.worker)
         )
-        self.buf += line
+        self.buf.extend(line)  # in place: `+=` makes a new bytearray in the compiled build
         self.lines += 1
         if len(self.buf) >= BUFFER:
             self.hand_over()
@@ -271,7 +271,7 @@ class AccessLog:
             if len(self.pending) + len(buf) > HELD:
                 self.dropped += lines
                 return
-            self.pending += buf
+            self.pending.extend(buf)
             self.pending_lines += lines
             self.cond.notify()
         if self.thread is None:
@@ -330,16 +330,8 @@ class AccessLog:
 
     # -- the writer thread ----------------------------------------------------------------------
     def _run(self) -> None:
-        while True:
-            with self.cond:
-                while not self.pending and self.new_path is None and not self.closing:
-                    self.cond.wait()
-                if self.closing and not self.pending:
-                    break
-                data = self.pending
-                self.pending, self.pending_lines = bytearray(), 0
-                path, self.new_path = self.new_path, None
-                self.busy = True
+        while (work := self._take()) is not None:
+            data, path = work
             if path is not None:
                 self._swap(path)
             if data:
@@ -349,6 +341,20 @@ class AccessLog:
                 self.cond.notify_all()
         if self.fd > 2:
             os.close(self.fd)
+
+    def _take(self) -> tuple[bytearray, str | None] | None:
+        """Wait for work: the bytes to write and a path to reopen first; None once closing
+        with nothing left. (A function of its own: mypyc cannot compile a `break` out of
+        a `with`.)"""
+        with self.cond:
+            while not self.pending and self.new_path is None and not self.closing:
+                self.cond.wait()
+            if self.closing and not self.pending:
+                return None
+            data, self.pending, self.pending_lines = self.pending, bytearray(), 0
+            path, self.new_path = self.new_path, None
+            self.busy = True
+            return data, path
 
     def _swap(self, path: str) -> None:
         try:
@@ -365,7 +371,10 @@ class AccessLog:
         try:
             while view:
                 try:
-                    view = view[os.write(self.fd, view) :]
+                    # Not `view[os.write(...):]`: mypyc evaluates a call in a slice bound
+                    # twice there (each line was written twice in the compiled build).
+                    written = os.write(self.fd, view)
+                    view = view[written:]
                 except BlockingIOError:  # a non-blocking fd (a shared stdout): wait, bounded
                     select.select([], [self.fd], [], 1.0)
         except OSError as error:
