@@ -1,6 +1,6 @@
 """Instructions per request, counted by callgrind: a figure this noisy machine cannot disturb.
 
-`python -m bench.instructions [--requests 3000] [--connections 20] [--no-auth]`
+`python -m bench.instructions [--requests 3000] [--connections 20] [--no-auth] [--access-log]`
 
 Requests per second on a shared 2-vCPU VM move by 5-10% from one run to the next, more than
 most single optimisations are worth. valgrind's callgrind counts the instructions mcp-proxy
@@ -58,6 +58,9 @@ def measure(work: Path, args: argparse.Namespace) -> dict[str, object]:
         [configs.route("all", "/", ["bench"])],
         auth=None if args.no_auth else setup.issuer,
     )
+    if args.access_log:  # as issue 14's figure is taken: JSON, to a file
+        path = str(work / "access.log")
+        config["access_log"] = {"enabled": True, "format": "json", "path": path}
     (work / "mcp-proxy.yaml").write_text(configs.dump_yaml(config))
     out = work / "callgrind.out"
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
@@ -99,7 +102,9 @@ def measure(work: Path, args: argparse.Namespace) -> dict[str, object]:
         "instructions_per_request": round(total / args.requests),
         "requests": args.requests,
         "connections": args.connections,
-        "path": "route, admission, lowest_rtt, metrics" + ("" if args.no_auth else ", JWT"),
+        "path": "route, admission, lowest_rtt, metrics"
+        + ("" if args.no_auth else ", JWT")
+        + (", access log (JSON, file)" if args.access_log else ""),
         "build": mcp_proxy_build(),
     }
 
@@ -175,6 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--requests", type=int, default=3000, help="requests counted")
     parser.add_argument("--connections", type=int, default=20, help="keep-alive connections")
     parser.add_argument("--no-auth", action="store_true", help="a route without JWT")
+    parser.add_argument("--access-log", action="store_true", help="access log on (JSON, a file)")
     return parser
 
 

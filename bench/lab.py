@@ -68,6 +68,11 @@ class Ports:
     def mcp_admin(self) -> int:
         return self.base + 90
 
+    @property
+    def mcp_second(self) -> tuple[int, int]:
+        """A second mcp-proxy's listener and admin (compare-access-log runs two builds' configs)."""
+        return self.base + 83, self.base + 91
+
     def listened(self, backends: int) -> list[int]:
         fixed = [self.mcp, self.nginx, self.haproxy, self.mcp_admin]
         return [self.backend(index) for index in range(backends)] + fixed
@@ -214,7 +219,7 @@ class Lab:
         )
 
     def start_mcp_proxy(
-        self, config: Mapping[str, Any], env: Mapping[str, str] | None = None
+        self, config: Mapping[str, Any], env: Mapping[str, str] | None = None, admin: int = 0
     ) -> Service:
         name = self._name("mcp-proxy")
         path = self._config_path(name, "yaml")
@@ -222,19 +227,22 @@ class Lab:
         argv = [sys.executable, "-m", "mcp_proxy", "run", "-c", str(path)]
         service = self._service(name, argv, self.cpus.proxy, env)
         self.services.start(service)
-        admin = self.ports.mcp_admin
+        admin = admin or self.ports.mcp_admin
         wait_ready(
             service, answers(HOST, admin, "/readyz"), READY_TIMEOUT_S, f"GET :{admin}/readyz"
         )
         return service
 
-    def start_nginx_proxy(self, backends: Sequence[Addr], balance: str) -> Service:
+    def start_nginx_proxy(
+        self, backends: Sequence[Addr], balance: str, access_log: bool = False
+    ) -> Service:
         name = self._name("nginx")
         workdir = self.work_dir / name
         workdir.mkdir()
         conf = self._config_path(name, "conf")
+        log = workdir / "access.log" if access_log else None
         conf.write_text(
-            configs.nginx_proxy_conf(workdir, (HOST, self.ports.nginx), backends, balance)
+            configs.nginx_proxy_conf(workdir, (HOST, self.ports.nginx), backends, balance, log)
         )
         return self._start_nginx(name, conf, workdir, self.cpus.proxy)
 
@@ -242,12 +250,14 @@ class Lab:
         argv = ["nginx", "-p", str(workdir), "-c", str(conf), "-e", "stderr"]
         return self.services.start(self._service(name, argv, cpus))
 
-    def start_haproxy(self, backends: Sequence[Addr], balance: str) -> Service:
+    def start_haproxy(
+        self, backends: Sequence[Addr], balance: str, access_log: bool = False
+    ) -> Service:
         name = self._name("haproxy")
         conf = self._config_path(name, "cfg")
         file_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         listen = (HOST, self.ports.haproxy)
-        conf.write_text(configs.haproxy_conf(listen, backends, balance, file_limit))
+        conf.write_text(configs.haproxy_conf(listen, backends, balance, file_limit, access_log))
         argv = ["haproxy", "-f", str(conf), "-db"]
         return self.services.start(self._service(name, argv, self.cpus.proxy))
 

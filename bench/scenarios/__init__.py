@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.report import ScenarioResult
+from bench.scenarios.accesslog import run_compare_access_log
 from bench.scenarios.closed import run_compare, run_quick
 from bench.scenarios.common import Context
 from bench.scenarios.jwtauth import run_jwt
@@ -44,6 +45,15 @@ _ALL_LISTED = (
         "direct, mcp-proxy, nginx, HAProxy: wrk max req/s, p50/p90/p99 at c=1 and c=50,"
         " 100 B and 16 KiB",
         run_compare,
+        duration=10.0,
+        warmup=2.0,
+        uses_wrk=True,
+    ),
+    Scenario(
+        "compare-access-log",
+        "compare's full path with access logs on: mcp-proxy log off vs on (JSON to a file),"
+        " nginx and HAProxy logging too; 50 connections",
+        run_compare_access_log,
         duration=10.0,
         warmup=2.0,
         uses_wrk=True,
