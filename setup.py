@@ -56,6 +56,7 @@ REQUEST_PATH = [
     "mcp_proxy/upstream/health.py",
     "mcp_proxy/upstream/retry.py",
     "mcp_proxy/accesslog.py",
+    "mcp_proxy/logline.py",
 ]
 
 

@@ -19,17 +19,14 @@ cannot be kept up with are dropped and counted:
 - the thread owns the file descriptor: `reopen()` (SIGUSR1, logrotate) and a path changed by
   a reload are done by it between two writes, so no write ever goes to a closed fd.
 
-Lines are formatted with one `%` per line; only strings that may need escaping (path, query,
-names from the config) go through a regex check, and json.dumps only when it fails.
+Lines are formatted by logline.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import re
 import select
 import threading
 import time
@@ -38,6 +35,7 @@ from typing import TYPE_CHECKING, Final
 from mcp_proxy.errors import ClientError
 from mcp_proxy.headers import traceparent_for
 from mcp_proxy.http1.exchange import Request
+from mcp_proxy.logline import Facts, Stamp, json_line, reason_for, text_line
 
 if TYPE_CHECKING:
     from mcp_proxy.config.model import AccessLogConfig
@@ -48,130 +46,6 @@ log = logging.getLogger("mcp_proxy")
 BUFFER: Final = 64 * 1024  # hand a buffer over once it holds this much
 INTERVAL: Final = 1.0  # ...or this long after its first line
 HELD: Final = 1024 * 1024  # most bytes waiting for the writer thread; past it, lines drop
-_PLAIN: Final = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*\Z").match  # no ", \, control
-# A client error's reason names its kind better by status (SPEC: `body_too_large`...).
-_CLIENT_REASONS: Final = {
-    408: "request_timeout", 413: "body_too_large", 414: "uri_too_long", 431: "headers_too_large",
-}  # fmt: skip
-_SECRET_PARAMETER: Final = re.compile(rb"((?:^|&)access_token=)[^&]*")
-_JSON: Final = (
-    '{"time":"%s","request_id":"%s","client":%s,"method":%s,"path":%s%s,"status":%d,'
-    '"route":%s,"pool":%s,"backend":%s,"class":%s,"queue_ms":%s,"upstream_ms":%s,'
-    '"duration_ms":%.1f,"bytes_in":%d,"bytes_out":%d%s,"subject":%s,"tls":null,'
-    '"traceparent":"%s","worker":%d}\n'
-)
-_TEXT: Final = (
-    "%s %s %s %d route=%s pool=%s backend=%s class=%s queue_ms=%s upstream_ms=%s "
-    "ms=%.1f in=%d out=%d reason=%s sub=%s tls=- traceparent=%s worker=%d id=%s\n"
-)
-
-
-def quoted(value: str | None) -> str:
-    """A JSON string (or null): as is when nothing in it needs escaping."""
-    if value is None:
-        return "null"
-    if _PLAIN(value):
-        return f'"{value}"'
-    return json.dumps(value)
-
-
-def bare(value: str | None) -> str:
-    """A text-format value: `-` when unknown, quoted JSON-style when it has odd characters."""
-    if value is None or value == "":
-        return "-"
-    if _PLAIN(value) and " " not in value:
-        return value
-    return json.dumps(value)
-
-
-class Stamp:
-    """RFC 3339 UTC time with milliseconds; the part down to the second is made once a second."""
-
-    __slots__ = ("prefix", "second")
-
-    def __init__(self) -> None:
-        self.second = -1
-        self.prefix = ""
-
-    def __call__(self, now: float) -> str:
-        second = int(now)
-        if second != self.second:
-            self.second = second
-            self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self.prefix}.{int((now - second) * 1000):03d}Z"
-
-
-class Facts:
-    """What one line says; None where a fact is not known for the request."""
-
-    __slots__ = (
-        "backend", "bytes_in", "bytes_out", "client", "duration_ms", "klass", "method",
-        "path", "pool", "query", "queue_ms", "reason", "request_id", "route", "status",
-        "subject", "traceparent", "upstream_ms",
-    )  # fmt: skip
-
-    def __init__(self, request: Request | None, request_id: bytes, status: int) -> None:
-        self.request_id = request_id.decode()
-        self.status = status
-        self.client: str | None = None
-        self.method: str | None = None
-        self.path: str | None = None
-        self.query = ""
-        self.route: str | None = None
-        self.pool: str | None = None
-        self.backend: str | None = None
-        self.klass: str | None = None
-        self.queue_ms: float | None = None
-        self.upstream_ms: float | None = None
-        self.duration_ms = 0.0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.reason: str | None = None
-        self.subject: str | None = None
-        self.traceparent = b""
-        if request is not None:
-            self.client = request.peer.decode() or None
-            self.method = request.method or None
-            path, _, query = request.target.partition(b"?")
-            self.path = path.decode("utf-8", "replace") or None
-            if b"access_token=" in query:  # RFC 6750 2.3: a bearer token in the query
-                query = _SECRET_PARAMETER.sub(b"\\1<redacted>", query)
-            self.query = query.decode("utf-8", "replace")
-            self.bytes_in = request.body.received
-
-
-def json_line(facts: Facts, stamp: str, worker: int) -> bytes:
-    query = ',"query":' + quoted(facts.query) if facts.query else ""
-    reason = ',"reason":' + quoted(facts.reason) if facts.reason is not None else ""
-    return (_JSON % (
-        stamp, facts.request_id, quoted(facts.client), quoted(facts.method), quoted(facts.path),
-        query, facts.status, quoted(facts.route), quoted(facts.pool), quoted(facts.backend),
-        quoted(facts.klass), _number(facts.queue_ms), _number(facts.upstream_ms),
-        facts.duration_ms, facts.bytes_in, facts.bytes_out, reason, quoted(facts.subject),
-        facts.traceparent.decode(), worker,
-    )).encode()  # fmt: skip
-
-
-def text_line(facts: Facts, stamp: str, worker: int) -> bytes:
-    query = "?" + facts.query if facts.query else ""
-    request = f"{facts.method or '-'} {facts.path or '-'}{query}"
-    return (_TEXT % (
-        stamp, bare(facts.client), quoted(request), facts.status,
-        bare(facts.route), bare(facts.pool), bare(facts.backend), bare(facts.klass),
-        _number(facts.queue_ms, "-"), _number(facts.upstream_ms, "-"), facts.duration_ms,
-        facts.bytes_in, facts.bytes_out, bare(facts.reason), bare(facts.subject),
-        facts.traceparent.decode(), worker, facts.request_id,
-    )).encode("utf-8", "replace")  # fmt: skip
-
-
-def _reason(reason: str | None, status: int) -> str | None:
-    if reason == "bad_request":
-        return _CLIENT_REASONS.get(status, reason)
-    return reason
-
-
-def _number(value: float | None, unknown: str = "null") -> str:
-    return unknown if value is None else f"{value:.1f}"
 
 
 class AccessLog:
@@ -218,7 +92,7 @@ class AccessLog:
             facts.upstream_ms = flight.upstream * 1000
         facts.duration_ms = elapsed * 1000
         facts.bytes_out = bytes_out
-        facts.reason = _reason(flight.reason, flight.status)
+        facts.reason = reason_for(flight.reason, flight.status)
         if flight.identity is not None:
             subject = flight.identity.claims.get("sub")
             facts.subject = subject if isinstance(subject, str) else None
@@ -232,7 +106,7 @@ class AccessLog:
         if not self.enabled:
             return
         facts = Facts(request, request_id, error.status)
-        facts.reason = _reason(error.reason, error.status)
+        facts.reason = reason_for(error.reason, error.status)
         facts.bytes_out = bytes_out
         if request is not None and request.started:
             facts.duration_ms = (time.monotonic() - request.started) * 1000

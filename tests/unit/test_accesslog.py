@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 
 from mcp_proxy import accesslog
-from mcp_proxy.accesslog import AccessLog, Facts, json_line, text_line
+from mcp_proxy.accesslog import AccessLog
 from mcp_proxy.config.model import AccessLogConfig
 from mcp_proxy.errors import ClientError
 from mcp_proxy.headers import traceparent_for
 from mcp_proxy.http1.body import Body
 from mcp_proxy.http1.client import ClientConnection
 from mcp_proxy.http1.exchange import Request
+from mcp_proxy.logline import Facts, json_line, text_line
 from tests.integration.harness import eventually
 from tests.unit.http1.fakes import FakeHandler, settings
 
@@ -157,7 +158,7 @@ async def test_text_lines_carry_the_same_facts() -> None:
     facts.traceparent = b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01"
     line = text_line(facts, "T", 9).decode()
     assert line.startswith('T 10.0.0.7 "GET /x?q=1" 200 route=r pool=p backend=http://b:1 ')
-    assert "class=normal queue_ms=0.0 upstream_ms=1.2 " in line
+    assert "class=normal queue_ms=0.0 upstream_ms=1.3 " in line
     assert 'sub="user 1"' in line and "worker=9 id=rid\n" in line
 
 
