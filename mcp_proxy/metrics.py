@@ -66,6 +66,9 @@ class Metrics:
             "mcp_proxy_jwks_fetches", "JWKS fetches from identity providers, by result.",
             ["issuer", "result"], registry=r,
         )  # fmt: skip
+        self.tunnels = Gauge(
+            "mcp_proxy_tunnels_active", "Open WebSocket tunnels, by route.", ["route"], registry=r
+        )
         self.retries = Counter(
             "mcp_proxy_upstream_retries", "Requests sent again to another backend.", registry=r
         )

@@ -27,6 +27,7 @@ import httptools
 
 from mcp_proxy.errors import ClientError, ClientGone, ProxyError
 from mcp_proxy.http1 import head as checks
+from mcp_proxy.http1 import states
 from mcp_proxy.http1.body import Body
 from mcp_proxy.http1.deadline import Deadline
 from mcp_proxy.http1.exchange import Handler, Request, ResponseWriter
@@ -73,6 +74,9 @@ class ClientConnection(asyncio.Protocol):
         self.head_read = 0  # the read in which the current head began
         self.head_deadline_set = False
         self.backlog = b""  # unparsed bytes held back while MAX_PIPELINED requests wait
+        self.held = (
+            b""  # states.UPGRADING: what the client sent after the head (a tunnel's first bytes)
+        )
         self.error: ClientError | None = None
         self.queue: deque[Request] = deque()
         self.current: Request | None = None
@@ -105,6 +109,7 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.reading >= DISCARD:
+            self._hold(data)
             return  # lingering (read and drop), or closing
         if self.backlog:
             self.backlog += data  # bytes already in flight when reading paused
@@ -131,6 +136,7 @@ class ClientConnection(asyncio.Protocol):
                 self._reject(self.error or checks.parse_error(exc))
                 return
             if self.reading >= DISCARD:
+                self._hold(data[offset:])
                 return
         if self.reading == HEAD:
             self._unfinished_head(len(data))
@@ -141,11 +147,37 @@ class ClientConnection(asyncio.Protocol):
                 self.parser.feed_data(data)
                 return
             except httptools.HttpParserUpgrade as upgrade:
-                # We do not switch protocols: the request was served as plain HTTP (its
-                # Upgrade header stripped), so parsing simply goes on after it.
+                # Only a WebSocket upgrade may switch protocols; any other request was served
+                # as plain HTTP (its Upgrade header stripped), so parsing goes on after it.
                 data = data[upgrade.args[0] :]
+                if self._upgrading():
+                    self._hold(data)
+                    return
                 if not data:
                     return
+
+    def _upgrading(self) -> bool:
+        """After a WebSocket upgrade's head nothing more is parsed: what follows is held
+        (`_hold`), reading paused, for the tunnel a 101 may open (`take_over`)."""
+        last = self.queue[-1] if self.queue else self.current
+        if self.reading == DONE or last is None or not last.websocket:
+            return self.reading == DONE
+        self._move(states.UPGRADING)
+        self._pause_reading()
+        return True
+
+    def _hold(self, data: bytes) -> None:
+        if self.reading == states.UPGRADING:
+            self.held += data  # bounded: reading is paused, so at most the read under way
+
+    def take_over(self, protocol: asyncio.Protocol) -> tuple[asyncio.Transport, bytes]:
+        """The backend switched protocols: the transport (still paused) goes to `protocol`
+        with the bytes held; this connection hears only of its end (`connection_lost`)."""
+        assert self.transport is not None and self.reading == states.UPGRADING
+        held, self.held = self.held, b""
+        self.deadline.cancel()
+        self.transport.set_protocol(protocol)
+        return self.transport, held
 
     def _unfinished_head(self, size: int) -> None:
         """The read ended inside a request head: bound what llhttp holds, arm the deadline."""

@@ -74,10 +74,30 @@ def check_head(request: Request, upgrade: bool, max_body_bytes: int) -> None:
         raise ClientError(400, "invalid Host header")
     if request.content_length is not None and request.content_length > max_body_bytes:
         raise ClientError(413, "request body too large")
+    check_websocket(request, upgrade)
     if upgrade and (request.chunked or request.content_length):
         # llhttp would skip this body as "upgraded" bytes; refuse rather than misframe.
         raise ClientError(400, "Upgrade with a request body is not supported")
     _normalise_target(request)
+
+
+def check_websocket(request: Request, upgrade: bool) -> None:
+    """`Upgrade: websocket` with `Connection: upgrade` is honoured only on an HTTP/1.1 GET
+    without body framing (nothing a smuggler could frame); any other such request is refused. The connection
+    then ends with the exchange: a tunnel, or the backend's refusal."""
+    if not upgrade or request.upgrade is None or request.upgrade.strip().lower() != b"websocket":
+        # Not an upgrade (no `Connection: upgrade`: llhttp parses on), or another protocol
+        # (h2c, ...): served as plain HTTP, the Upgrade field dropped.
+        return
+    if (
+        request.method != "GET"
+        or request.version != b"1.1"
+        or request.chunked
+        or request.content_length is not None
+    ):
+        raise ClientError(400, "a WebSocket upgrade is an HTTP/1.1 GET with Connection: upgrade")
+    request.websocket = True
+    request.keep_alive = False
 
 
 def valid_host(host: bytes) -> bool:
@@ -157,6 +177,12 @@ def note_connection(request: Request, value: bytes) -> None:
     request.connection_tokens.append(value)
 
 
+def note_upgrade(request: Request, value: bytes) -> None:
+    if request.upgrade is not None:
+        raise ClientError(400, "more than one Upgrade header")
+    request.upgrade = value
+
+
 def note_expect(request: Request, value: bytes) -> None:
     if value.strip().lower() == b"100-continue":
         request.expect_continue = True
@@ -191,6 +217,7 @@ NOTED: dict[bytes, Check] = {
     b"transfer-encoding": note_transfer_encoding,
     b"connection": note_connection,
     b"expect": note_expect,
+    b"upgrade": note_upgrade,
     b"authorization": note_authorization,
     b"x-request-id": note_request_id,
     b"traceparent": note_traceparent,
