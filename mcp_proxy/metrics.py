@@ -75,7 +75,14 @@ class Metrics:
         # Each reason's increment, looked up once (`labels()` takes a lock and builds a key).
         self.count_rejected: dict[str, Callable[[], None]] = {
             reason: self.rejected.labels(reason).inc
-            for reason in ("auth", "forbidden", "queue_full", "queue_timeout", "no_backend")
+            for reason in (
+                "auth",
+                "forbidden",
+                "queue_full",
+                "queue_timeout",
+                "no_backend",
+                "tunnels_full",
+            )
         }
         for result in ("ok", "refused"):
             self.reloads.labels(result)

@@ -83,8 +83,8 @@ def check_head(request: Request, upgrade: bool, max_body_bytes: int) -> None:
 
 def check_websocket(request: Request, upgrade: bool) -> None:
     """`Upgrade: websocket` with `Connection: upgrade` is honoured only on an HTTP/1.1 GET
-    without body framing (nothing a smuggler could frame); any other such request is refused. The connection
-    then ends with the exchange: a tunnel, or the backend's refusal."""
+    without body framing (nothing a smuggler could frame); any other such request is refused.
+    The connection then ends with the exchange: a tunnel, or the backend's refusal."""
     if not upgrade or request.upgrade is None or request.upgrade.strip().lower() != b"websocket":
         # Not an upgrade (no `Connection: upgrade`: llhttp parses on), or another protocol
         # (h2c, ...): served as plain HTTP, the Upgrade field dropped.

@@ -16,6 +16,9 @@ Whoever owns the tunnel hears once, from `on_end`, with the bytes moved each way
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from collections.abc import Callable
 from typing import Final
 
@@ -137,7 +140,7 @@ class Tunnel:
             if exc is None:
                 peer.transport.close()  # what is buffered for it still goes out
             else:
-                peer.transport.abort()  # a reset is passed on as one
+                reset(peer.transport)  # a reset is passed on as one
         if peer.lost:
             self._end()
 
@@ -172,6 +175,19 @@ class Tunnel:
             self.timer.cancel()
             self.timer = None
         self.on_end(self)
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Close with a TCP RST (SO_LINGER 0): a plain abort would send a FIN, and the peer would
+    take a crashed connection for a clean end."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already gone: the abort does what is left
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    transport.abort()
+
+
+_LINGER_ZERO: Final = struct.pack("ii", 1, 0)
 
 
 def _full(transport: asyncio.Transport) -> bool:

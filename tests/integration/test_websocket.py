@@ -12,10 +12,19 @@ from typing import Any
 import aiohttp
 import pytest
 
+from mcp_proxy.auth.mint import mint_token
+from mcp_proxy.http1.tunnel import Side
+from tests.auth_helpers import AUDIENCE, HS_SECRET, ISSUER
 from tests.integration.accesslines import access_config, access_lines
 from tests.integration.harness import Proxy, eventually, raw_request, simple_config
-from tests.integration.rawpeers import RawBackend, RawClient, header, raw_config
-from tests.integration.wspeers import WsBackend, upgrade_head, ws_url
+from tests.integration.rawpeers import RawBackend, RawClient, header, raw_config, reset
+from tests.integration.wspeers import TunnelEnd, WsBackend, upgrade_head, ws_url
+
+
+@pytest.fixture(autouse=True)
+async def close_raw_clients() -> AsyncIterator[None]:
+    yield
+    RawClient.close_all()  # while the test's loop still runs
 
 
 @pytest.fixture
@@ -227,3 +236,226 @@ async def test_h2c_upgrade_is_still_stripped(tmp_path: Path) -> None:
     finally:
         await proxy.stop()
         await peer.stop()
+
+
+@pytest.fixture
+async def raw_tunnel(tmp_path: Path) -> AsyncIterator[tuple[Proxy, TunnelEnd, RawBackend]]:
+    end = TunnelEnd(greeting=b"hello from the backend")
+    peer = await RawBackend(end).start()
+    proxy = await Proxy.start(tmp_path, raw_config(peer, drain_timeout="1s"))
+    yield proxy, end, peer
+    end.release.set()
+    await proxy.stop()
+    await peer.stop()
+
+
+async def open_raw_tunnel(
+    proxy: Proxy, end: TunnelEnd, early: bytes = b"", rcvbuf: int = 0
+) -> RawClient:
+    client = await RawClient.open(proxy.port, rcvbuf=rcvbuf)
+    await client.send(upgrade_head() + early)
+    head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101 ") and b"upgrade: websocket\r\n" in head.lower()
+    await asyncio.wait_for(end.arrived.wait(), 5)
+    return client
+
+
+def tunnel_sides(proxy: Proxy) -> tuple[Side, Side]:
+    """The (client, backend) sides of the proxy's one open tunnel."""
+    (conn,) = proxy.server.connections
+    assert conn.transport is not None
+    client = conn.transport.get_protocol()
+    assert isinstance(client, Side)
+    return client, client.peer
+
+
+async def test_early_bytes_both_ways_are_relayed_in_order(
+    raw_tunnel: tuple[Proxy, TunnelEnd, RawBackend],
+) -> None:
+    proxy, end, _ = raw_tunnel
+    client = await open_raw_tunnel(proxy, end, early=b"sent before the 101")
+    reader, writer = end.ends[0]
+    assert await asyncio.wait_for(reader.readexactly(19), 5) == b"sent before the 101"
+    assert await asyncio.wait_for(client.reader.readexactly(22), 5) == b"hello from the backend"
+    client.writer.write(b"ping")
+    assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
+    writer.write(b"pong")
+    assert await asyncio.wait_for(client.reader.readexactly(4), 5) == b"pong"
+
+
+async def test_half_close_passes_on_and_the_other_way_stays_open(
+    raw_tunnel: tuple[Proxy, TunnelEnd, RawBackend],
+) -> None:
+    proxy, end, _ = raw_tunnel
+    client = await open_raw_tunnel(proxy, end)
+    reader, writer = end.ends[0]
+    await asyncio.wait_for(client.reader.readexactly(22), 5)
+    client.writer.write(b"last words")
+    client.writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 5) == b"last words"  # then EOF
+    writer.write(b"still talking")
+    assert await asyncio.wait_for(client.reader.readexactly(13), 5) == b"still talking"
+    writer.write_eof()
+    assert await asyncio.wait_for(client.reader.read(), 5) == b""
+    await eventually(lambda: tunnels(proxy) == 0 and not proxy.server.connections)
+
+
+@pytest.mark.parametrize("who", ["client", "backend"])
+async def test_reset_from_either_side_resets_the_other(
+    raw_tunnel: tuple[Proxy, TunnelEnd, RawBackend], who: str
+) -> None:
+    proxy, end, _ = raw_tunnel
+    client = await open_raw_tunnel(proxy, end)
+    reader, writer = end.ends[0]
+    await asyncio.wait_for(client.reader.readexactly(22), 5)
+    if who == "client":
+        reset(client.writer)
+        other = reader
+    else:
+        reset(writer)
+        other = client.reader
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(other.read(), 5)
+    await eventually(lambda: tunnels(proxy) == 0 and not proxy.server.connections)
+
+
+async def test_slow_client_pauses_the_backend_instead_of_buffering(
+    raw_tunnel: tuple[Proxy, TunnelEnd, RawBackend],
+) -> None:
+    proxy, end, _ = raw_tunnel
+    client = await open_raw_tunnel(proxy, end, rcvbuf=16384)
+    _, writer = end.ends[0]
+    chunk = b"d" * 65536
+    for _ in range(16 * 8):  # 8 MiB the client does not read
+        writer.write(chunk)
+    client_side, backend_side = tunnel_sides(proxy)
+    await eventually(lambda: backend_side.paused)  # reading from the backend stopped
+    assert client_side.transport is not None
+    buffered = client_side.transport.get_write_buffer_size()
+    assert buffered <= client_side.transport.get_write_buffer_limits()[1] + 512 * 1024
+    assert backend_side.received < 4 * 1024 * 1024  # the rest waits in the backend's kernel
+    count = 0
+    while count < 22 + 8 * 1024 * 1024:  # the client reads: everything comes through
+        count += len(await asyncio.wait_for(client.reader.read(1 << 20), 10))
+    assert count == 22 + 8 * 1024 * 1024
+
+
+async def test_slow_backend_pauses_the_client_instead_of_buffering(
+    raw_tunnel: tuple[Proxy, TunnelEnd, RawBackend],
+) -> None:
+    proxy, end, _ = raw_tunnel
+    client = await open_raw_tunnel(proxy, end)
+    reader, _ = end.ends[0]
+    chunk = b"u" * 65536
+    for _ in range(16 * 8):
+        client.writer.write(chunk)
+    client_side, backend_side = tunnel_sides(proxy)
+    await eventually(lambda: client_side.paused)
+    assert backend_side.transport is not None
+    buffered = backend_side.transport.get_write_buffer_size()
+    assert buffered <= backend_side.transport.get_write_buffer_limits()[1] + 512 * 1024
+    assert client_side.received < 6 * 1024 * 1024
+    await asyncio.wait_for(reader.readexactly(8 * 1024 * 1024), 10)
+    await asyncio.wait_for(client.writer.drain(), 5)
+
+
+async def test_idle_tunnel_is_closed_after_tunnel_idle_timeout(tmp_path: Path) -> None:
+    end = TunnelEnd()
+    peer = await RawBackend(end).start()
+    proxy = await Proxy.start(tmp_path, raw_config(peer, limits={"tunnel_idle_timeout": "400ms"}))
+    try:
+        client = await open_raw_tunnel(proxy, end)
+        reader, writer = end.ends[0]
+        for _ in range(6):  # a byte every 150 ms keeps it open past the timeout
+            writer.write(b"t")
+            assert await asyncio.wait_for(client.reader.readexactly(1), 5) == b"t"
+            await asyncio.sleep(0.15)  # sleep-ok: the traffic's pace is what is tested
+        started = asyncio.get_running_loop().time()
+        assert await client.closed_within(5)
+        quiet = asyncio.get_running_loop().time() - started
+        assert 0.3 <= quiet < 2.0
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        client.close()
+    finally:
+        end.release.set()
+        await proxy.stop()
+        await peer.stop()
+
+
+async def test_past_max_tunnels_is_a_503(tmp_path: Path, backend: WsBackend) -> None:
+    proxy = await start_proxy(tmp_path, backend, limits={"max_tunnels": 1})
+    try:
+        async with proxy.client() as session, session.ws_connect(ws_url(proxy)) as ws:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await session.ws_connect(ws_url(proxy))
+            assert refused.value.status == 503
+            await ws.send_str("still fine")
+            assert await ws.receive_str(timeout=5) == "still fine"
+        await eventually(lambda: tunnels(proxy) == 0)
+        async with proxy.client() as session, session.ws_connect(ws_url(proxy)) as ws:
+            await ws.send_str("room again")
+            assert await ws.receive_str(timeout=5) == "room again"
+    finally:
+        await proxy.stop()
+
+
+async def test_tunnel_stays_open_across_a_reload(tmp_path: Path, backend: WsBackend) -> None:
+    proxy = await start_proxy(tmp_path, backend)
+    try:
+        async with proxy.client() as session, session.ws_connect(ws_url(proxy)) as ws:
+            old = proxy.server.runtime
+            config = simple_config(backend, limits={"idle_timeout": "30s"})
+            proxy.write_config(config)
+            status, result = await proxy.admin("/admin/reload", "POST")
+            assert (status, result["result"]) == (200, "ok")
+            assert proxy.server.runtime is not old
+            await ws.send_str("after the reload")
+            assert await ws.receive_str(timeout=5) == "after the reload"
+            assert old.retired is not None and not old.retired.is_set()
+        await eventually(lambda: old.retired is not None and old.retired.is_set())
+    finally:
+        await proxy.stop()
+
+
+async def test_drain_ends_tunnels_at_drain_timeout(tmp_path: Path, backend: WsBackend) -> None:
+    proxy = await start_proxy(tmp_path, backend, drain_timeout="500ms")
+    session = proxy.client()
+    try:
+        ws = await session.ws_connect(ws_url(proxy))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        stopping = asyncio.ensure_future(proxy.stop())  # what SIGTERM runs
+        await ws.send_str("during the drain")
+        assert await ws.receive_str(timeout=5) == "during the drain"
+        message = await ws.receive(timeout=5)
+        assert message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+        await stopping
+        assert loop.time() - started >= 0.45
+    finally:
+        await session.close()
+
+
+async def test_auth_is_required_on_the_upgrade(
+    tmp_path: Path, backend: WsBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MCP_PROXY_TEST_WS_SECRET", HS_SECRET.decode())
+    issuer = {"issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["HS256"],
+              "secret_env": "MCP_PROXY_TEST_WS_SECRET"}  # fmt: skip
+    config = simple_config(backend, auth={"default": "required", "issuers": [issuer]})
+    proxy = await Proxy.start(tmp_path, config)
+    try:
+        async with proxy.client() as session:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await session.ws_connect(ws_url(proxy))
+            assert refused.value.status == 401
+            assert backend.upgrades == 0
+            token = mint_token(
+                iss=ISSUER, aud=AUDIENCE, sub="svc", scope=None, priority=None, ttl=600,
+                kid=None, secret=HS_SECRET,
+            )  # fmt: skip
+            headers = {"Authorization": f"Bearer {token}"}
+            async with session.ws_connect(ws_url(proxy), headers=headers) as ws:
+                await ws.send_str("authorised")
+                assert await ws.receive_str(timeout=5) == "authorised"
+    finally:
+        await proxy.stop()

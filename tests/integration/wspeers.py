@@ -95,3 +95,26 @@ def upgrade_head(path: str = "/ws", extra: bytes = b"") -> bytes:
         b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" + extra + b"\r\n"
     )
+
+
+SWITCHED = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+
+
+@dataclass
+class TunnelEnd:
+    """The backend end of a raw tunnel: a RawBackend answer that switches protocols and hands
+    the stream to the test (`ends`), holding the connection until the test lets go."""
+
+    ends: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    greeting: bytes = b""  # sent right after the 101 head, in the same write
+
+    async def __call__(
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        writer.write(SWITCHED + self.greeting)
+        self.ends.append((reader, writer))
+        self.arrived.set()
+        await self.release.wait()
+        writer.close()
