@@ -184,3 +184,13 @@ def may_retry_status(flight: Flight, now: float) -> bool:
         and flight.attempts <= route.retries
         and sum(candidate.available(now) for candidate in route.candidates) > 1
     )
+
+
+def priority(runtime: Runtime, route: Route, identity: Identity | None) -> int:
+    """The route's class, lifted (or lowered) by a verified claim naming a known class."""
+    if identity is None or runtime.claim is None:
+        return route.priority
+    claimed = identity.claims.get(runtime.claim)
+    if isinstance(claimed, str):
+        return runtime.gate.class_index(claimed, route.priority)
+    return route.priority

@@ -53,13 +53,14 @@ from mcp_proxy.flight import (
     framed,
     may_retry,
     may_retry_status,
+    priority,
 )
 from mcp_proxy.headers import request_head, response_fields, traceparent_for, with_host
 from mcp_proxy.http1 import wire
 from mcp_proxy.http1.exchange import Request
 from mcp_proxy.http1.upstream import ResponseHead, UpstreamConnection
 from mcp_proxy.metrics import Metrics
-from mcp_proxy.runtime import Route, Runtime, RuntimeRef
+from mcp_proxy.runtime import RuntimeRef
 from mcp_proxy.tunnels import Tunnels
 
 log = logging.getLogger("mcp_proxy")
@@ -196,7 +197,7 @@ class Pipeline:
     def _admit(self, flight: Flight) -> Awaitable[float] | None:
         runtime, route = flight.runtime, flight.route
         assert route is not None
-        flight.klass = klass = _priority(runtime, route, flight.identity)
+        flight.klass = klass = priority(runtime, route, flight.identity)
         if runtime.gate.try_acquire():
             flight.slot = True
             runtime.queue_waits[klass].observe(0.0)
@@ -405,13 +406,3 @@ class Pipeline:
             route.observe_duration(elapsed)
         if self.access_log.enabled:
             self.access_log.record(flight, elapsed, request.writer.response_bytes())
-
-
-def _priority(runtime: Runtime, route: Route, identity: Identity | None) -> int:
-    """The route's class, lifted (or lowered) by a verified claim naming a known class."""
-    if identity is None or runtime.claim is None:
-        return route.priority
-    claimed = identity.claims.get(runtime.claim)
-    if isinstance(claimed, str):
-        return runtime.gate.class_index(claimed, route.priority)
-    return route.priority
