@@ -175,7 +175,9 @@ async def idle_tunnels(port: int, count: int, rss: Callable[[], int]) -> dict[st
 
 # -- the proxies ------------------------------------------------------------------------------
 def nginx_conf(workdir: Path, listen: int, backend: int) -> str:
-    return _nginx_main(workdir) + f"""
+    return (
+        _nginx_main(workdir)
+        + f"""
 http {{
   {_nginx_http_common(workdir)}
   server {{
@@ -191,6 +193,7 @@ http {{
   }}
 }}
 """
+    )
 
 
 def mcp_conf(listen: int, admin: int, backend: int) -> dict[str, Any]:
