@@ -17,8 +17,8 @@ from mcp_proxy.http1.tunnel import Side
 from tests.auth_helpers import AUDIENCE, HS_SECRET, ISSUER
 from tests.integration.accesslines import access_config, access_lines
 from tests.integration.harness import Proxy, eventually, raw_request, simple_config
-from tests.integration.rawpeers import RawBackend, RawClient, header, raw_config, reset
-from tests.integration.wspeers import TunnelEnd, WsBackend, upgrade_head, ws_url
+from tests.integration.rawpeers import RawBackend, RawClient, answer_ok, header, raw_config, reset
+from tests.integration.wspeers import SWITCHED, TunnelEnd, WsBackend, upgrade_head, ws_url
 
 
 @pytest.fixture(autouse=True)
@@ -459,3 +459,83 @@ async def test_auth_is_required_on_the_upgrade(
                 assert await ws.receive_str(timeout=5) == "authorised"
     finally:
         await proxy.stop()
+
+
+async def test_client_gone_before_the_101_leaves_no_tunnel(tmp_path: Path) -> None:
+    answered = asyncio.Event()
+    go = asyncio.Event()
+
+    async def late_101(
+        head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        answered.set()
+        await go.wait()
+        writer.write(SWITCHED)
+        await writer.drain()
+        await reader.read()  # the proxy closes it: the client is gone
+
+    peer = await RawBackend(late_101).start()
+    proxy = await Proxy.start(tmp_path, raw_config(peer))
+    try:
+        client = await RawClient.open(proxy.port)
+        await client.send(upgrade_head())
+        await asyncio.wait_for(answered.wait(), 5)
+        reset(client.writer)
+        RawClient.unclosed.discard(client)
+        go.set()
+        await eventually(lambda: not proxy.server.connections and tunnels(proxy) == 0)
+    finally:
+        go.set()
+        await proxy.stop()
+        await peer.stop()
+
+
+async def test_backend_closing_before_answering_an_upgrade_is_a_502(tmp_path: Path) -> None:
+    async def hang_up(
+        head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        writer.close()
+
+    peer = await RawBackend(hang_up).start()
+    config = raw_config(peer)
+    config["routes"][0]["retries"] = 0
+    proxy = await Proxy.start(tmp_path, config)
+    try:
+        client = await RawClient.open(proxy.port)
+        await client.send(upgrade_head() + b"early")
+        response = await client.response()
+        assert response.status == 502
+        assert await client.closed_within(5)
+    finally:
+        await proxy.stop()
+        await peer.stop()
+
+
+async def test_an_upgrade_pipelined_behind_a_request_waits_its_turn(tmp_path: Path) -> None:
+    end = TunnelEnd()
+
+    async def either(
+        head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if b"upgrade: websocket" in head.lower():
+            await end(head, reader, writer)
+        else:
+            await answer_ok(head, reader, writer)
+
+    peer = await RawBackend(either).start()
+    proxy = await Proxy.start(tmp_path, raw_config(peer, drain_timeout="1s"))
+    try:
+        client = await RawClient.open(proxy.port)
+        first = b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n"
+        await client.send(first + upgrade_head() + b"after the head")
+        assert (await client.response()).status == 200
+        head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        await asyncio.wait_for(end.arrived.wait(), 5)
+        reader, _ = end.ends[0]
+        assert await asyncio.wait_for(reader.readexactly(14), 5) == b"after the head"
+        assert peer.paths() == ["/first", "/ws"]
+    finally:
+        end.release.set()
+        await proxy.stop()
+        await peer.stop()
