@@ -7,32 +7,27 @@ import pytest
 
 from mcp_proxy.errors import ClientError
 from mcp_proxy.http1 import upstream
+from mcp_proxy.http1.exchange import Request
 from mcp_proxy.http1.head import check_websocket
 from tests.unit.http1.fakes import FakeExchange, Upstream
+from tests.unit.http1.test_head import request as head_request
 
 SWITCHED = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
 
 
-def ws_request(**fields: object) -> object:
-    class Head:
-        upgrade: bytes | None = b"websocket"
-        method = "GET"
-        version = b"1.1"
-        chunked = False
-        content_length: int | None = None
-        websocket = False
-        keep_alive = True
-
-    head = Head()
+def ws_request(**fields: object) -> Request:
+    """A real Request (compiled, check_websocket checks its argument's type)."""
+    request = head_request()
+    request.method, request.upgrade = "GET", b"websocket"
     for name, value in fields.items():
-        setattr(head, name, value)
-    return head
+        setattr(request, name, value)
+    return request
 
 
 def test_a_websocket_get_is_marked_and_ends_its_connection() -> None:
     request = ws_request(upgrade=b" WebSocket ")
-    check_websocket(request, True)  # type: ignore[arg-type]
-    assert request.websocket and not request.keep_alive  # type: ignore[attr-defined]
+    check_websocket(request, True)
+    assert request.websocket and not request.keep_alive
 
 
 @pytest.mark.parametrize(
@@ -43,8 +38,8 @@ def test_other_upgrades_and_no_connection_upgrade_are_plain_http(
     upgrade: bool, field: str, value: object
 ) -> None:
     request = ws_request(**{field: value})
-    check_websocket(request, upgrade)  # type: ignore[arg-type]
-    assert not request.websocket  # type: ignore[attr-defined]
+    check_websocket(request, upgrade)
+    assert not request.websocket
 
 
 @pytest.mark.parametrize(
@@ -55,7 +50,7 @@ def test_a_websocket_upgrade_with_anything_a_body_could_hide_in_is_refused(
     field: str, value: object
 ) -> None:
     with pytest.raises(ClientError) as refused:
-        check_websocket(ws_request(**{field: value}), True)  # type: ignore[arg-type]
+        check_websocket(ws_request(**{field: value}), True)
     assert refused.value.status == 400
 
 
