@@ -32,7 +32,16 @@ from mcp_proxy.http1.body import Body
 from mcp_proxy.http1.deadline import Deadline
 from mcp_proxy.http1.exchange import Handler, Request, ResponseWriter
 from mcp_proxy.http1.pace import RateWindow
-from mcp_proxy.http1.states import BODY, DISCARD, DONE, HEAD, IDLE, READING_NAMES, allowed_moves
+from mcp_proxy.http1.states import (
+    BODY,
+    DISCARD,
+    DONE,
+    HEAD,
+    IDLE,
+    READING_NAMES,
+    allowed_moves,
+    lingers_after,
+)
 
 if TYPE_CHECKING:
     from mcp_proxy.http1.settings import ClientSettings
@@ -255,19 +264,7 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         request = self.parsing
         assert request is not None
-        parser = self.parser
-        request.method_bytes = method = parser.get_method()
-        request.method = checks.METHOD_NAMES.get(method) or method.decode("ascii")
-        request.keep_alive = bool(parser.should_keep_alive())
-        # Without a Connection header llhttp keeps only HTTP/1.1 alive (1.0, 0.9, 2.0 are
-        # not) and marks no upgrade, so the common request needs neither get_http_version
-        # (it formats a string) nor should_upgrade.
-        if request.keep_alive and not request.connection_tokens:
-            upgrade = False  # and request.version stays b"1.1"
-        else:
-            request.version = parser.get_http_version().encode("ascii")
-            upgrade = bool(parser.should_upgrade())
-        self._checked_head(request, upgrade)
+        self._checked_head(request, checks.parsed_line(request, self.parser))
         if request.chunked or request.content_length:
             request.body = Body(self.loop, self._pause_reading, self._resume_reading)
             request.has_body = True
@@ -392,11 +389,7 @@ class ClientConnection(asyncio.Protocol):
     def _reject(self, error: ClientError) -> None:
         """A malformed, over-limit or too slow request: answer it (if it can be) and end."""
         parsing = self.parsing  # what was parsed of it: its request id, the access log's facts
-        # Linger only for a client that may still be sending a body in good faith; one that
-        # was too slow (408) is cut at once.
-        lingers = error.status != 408 and (
-            self.reading == BODY or (error.status == 413 and self.reading == HEAD)
-        )
+        lingers = lingers_after(error.status, self.reading)
         if not lingers:
             self._move(DONE)
         if self.parsing is not None and self.parsing is self.current:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+import httptools
+
 from mcp_proxy.errors import ClientError
 from mcp_proxy.http1.exchange import Request
 
@@ -56,6 +58,21 @@ def parse_error(exc: Exception) -> ClientError:
 def _reason(exc: Exception) -> str:
     text = str(exc.args[0]) if exc.args else type(exc).__name__
     return text.split(":", 1)[-1].strip().strip("`") or type(exc).__name__
+
+
+def parsed_line(request: Request, parser: httptools.HttpRequestParser) -> bool:
+    """What llhttp parsed beyond the headers: the method, keep-alive, the version; returns
+    whether it marked an upgrade."""
+    request.method_bytes = method = parser.get_method()
+    request.method = METHOD_NAMES.get(method) or method.decode("ascii")
+    request.keep_alive = bool(parser.should_keep_alive())
+    # Without a Connection header llhttp keeps only HTTP/1.1 alive (1.0, 0.9, 2.0 are not)
+    # and marks no upgrade, so the common request needs neither get_http_version (it formats
+    # a string) nor should_upgrade.
+    if request.keep_alive and not request.connection_tokens:
+        return False  # and request.version stays b"1.1"
+    request.version = parser.get_http_version().encode("ascii")
+    return bool(parser.should_upgrade())
 
 
 def check_head(request: Request, upgrade: bool, max_body_bytes: int) -> None:

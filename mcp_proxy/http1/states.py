@@ -40,3 +40,9 @@ def allowed_moves(state: int) -> int:
     if state == BODY:
         return (1 << IDLE) | (1 << DISCARD) | (1 << DONE)
     return 1 << DONE  # DISCARD, DONE, UPGRADING
+
+
+def lingers_after(status: int, reading: int) -> bool:
+    """After refusing a request, read on (DISCARD) only for a client that may still be sending
+    a body in good faith; one that was too slow (408) is cut at once."""
+    return status != 408 and (reading == BODY or (status == 413 and reading == HEAD))
