@@ -5,6 +5,7 @@ peer must misbehave."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,15 @@ from mcp_proxy.http1.tunnel import Side
 from tests.auth_helpers import AUDIENCE, HS_SECRET, ISSUER
 from tests.integration.accesslines import access_config, access_lines
 from tests.integration.harness import Proxy, eventually, raw_request, simple_config
-from tests.integration.rawpeers import RawBackend, RawClient, answer_ok, header, raw_config, reset
+from tests.integration.rawpeers import (
+    Answer,
+    RawBackend,
+    RawClient,
+    answer_ok,
+    header,
+    raw_config,
+    reset,
+)
 from tests.integration.wspeers import SWITCHED, TunnelEnd, WsBackend, upgrade_head, ws_url
 
 
@@ -32,6 +41,22 @@ async def backend() -> AsyncIterator[WsBackend]:
     peer = await WsBackend().start()
     yield peer
     await peer.stop()
+
+
+@contextlib.asynccontextmanager
+async def through_proxy(
+    tmp_path: Path, answer: Answer = answer_ok, retries: int = 1, **extra: Any
+) -> AsyncIterator[tuple[Proxy, RawBackend]]:
+    """A raw backend answering with `answer`, and the proxy in front of it."""
+    peer = await RawBackend(answer).start()
+    config = raw_config(peer, drain_timeout="1s", **extra)
+    config["routes"][0]["retries"] = retries
+    proxy = await Proxy.start(tmp_path, config)
+    try:
+        yield proxy, peer
+    finally:
+        await proxy.stop()
+        await peer.stop()
 
 
 def tunnels(proxy: Proxy, route: str = "all") -> float:
@@ -117,9 +142,7 @@ async def answer_403(
 async def test_backend_refusing_the_upgrade_is_relayed_and_its_connection_closed(
     tmp_path: Path,
 ) -> None:
-    peer = await RawBackend(answer_403).start()
-    proxy = await Proxy.start(tmp_path, raw_config(peer))
-    try:
+    async with through_proxy(tmp_path, answer_403) as (proxy, peer):
         client = await RawClient.open(proxy.port)
         await client.send(upgrade_head())
         response = await client.response()
@@ -133,9 +156,6 @@ async def test_backend_refusing_the_upgrade_is_relayed_and_its_connection_closed
             assert after.status == 200
         assert peer.connections == 2  # not reused for the next request
         assert tunnels(proxy) == 0
-    finally:
-        await proxy.stop()
-        await peer.stop()
 
 
 async def test_backend_answering_200_to_an_upgrade_gets_no_client_byte(tmp_path: Path) -> None:
@@ -151,9 +171,7 @@ async def test_backend_answering_200_to_an_upgrade_gets_no_client_byte(tmp_path:
         after_head.append(await reader.read())  # until the proxy closes: nothing may come
         writer.close()
 
-    peer = await RawBackend(answer_200).start()
-    proxy = await Proxy.start(tmp_path, raw_config(peer))
-    try:
+    async with through_proxy(tmp_path, answer_200) as (proxy, peer):
         client = await RawClient.open(proxy.port)
         smuggled = b"GET /admin/secret HTTP/1.1\r\nHost: x\r\n\r\n"
         await client.send(upgrade_head() + smuggled)
@@ -163,9 +181,6 @@ async def test_backend_answering_200_to_an_upgrade_gets_no_client_byte(tmp_path:
         await eventually(lambda: after_head == [b""])
         assert peer.paths() == ["/ws"]
         assert tunnels(proxy) == 0
-    finally:
-        await proxy.stop()
-        await peer.stop()
 
 
 async def test_backend_101_to_another_protocol_is_a_502(tmp_path: Path) -> None:
@@ -176,18 +191,13 @@ async def test_backend_101_to_another_protocol_is_a_502(tmp_path: Path) -> None:
             b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n"
         )
 
-    peer = await RawBackend(answer_h2c).start()
-    proxy = await Proxy.start(tmp_path, raw_config(peer))
-    try:
+    async with through_proxy(tmp_path, answer_h2c) as (proxy, _):
         client = await RawClient.open(proxy.port)
         await client.send(upgrade_head() + b"early")
         response = await client.response()
         assert response.status == 502
         assert await client.closed_within(5)
         assert tunnels(proxy) == 0
-    finally:
-        await proxy.stop()
-        await peer.stop()
 
 
 @pytest.mark.parametrize(
@@ -225,17 +235,12 @@ async def test_websocket_upgrade_other_than_an_http11_get_is_refused(
 
 
 async def test_h2c_upgrade_is_still_stripped(tmp_path: Path) -> None:
-    peer = await RawBackend().start()
-    proxy = await Proxy.start(tmp_path, raw_config(peer))
-    try:
+    async with through_proxy(tmp_path) as (proxy, peer):
         head = b"GET /h HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
         answer = await raw_request(proxy.port, head, 1.0)
         assert answer.startswith(b"HTTP/1.1 200 ")
         sent = peer.requests[0].lower()
         assert b"upgrade" not in sent and b"http2-settings" not in sent
-    finally:
-        await proxy.stop()
-        await peer.stop()
 
 
 @pytest.fixture
@@ -498,19 +503,12 @@ async def test_backend_closing_before_answering_an_upgrade_is_a_502(tmp_path: Pa
     ) -> None:
         writer.close()
 
-    peer = await RawBackend(hang_up).start()
-    config = raw_config(peer)
-    config["routes"][0]["retries"] = 0
-    proxy = await Proxy.start(tmp_path, config)
-    try:
+    async with through_proxy(tmp_path, hang_up, retries=0) as (proxy, _):
         client = await RawClient.open(proxy.port)
         await client.send(upgrade_head() + b"early")
         response = await client.response()
         assert response.status == 502
         assert await client.closed_within(5)
-    finally:
-        await proxy.stop()
-        await peer.stop()
 
 
 async def test_an_upgrade_pipelined_behind_a_request_waits_its_turn(tmp_path: Path) -> None:
