@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from tests.integration.accesslines import access_config, access_lines
 from tests.integration.harness import Proxy, eventually, raw_request, simple_config
 from tests.integration.rawpeers import (
     Answer,
+    ProcessProxy,
     RawBackend,
     RawClient,
     answer_ok,
@@ -539,3 +541,32 @@ async def test_an_upgrade_pipelined_behind_a_request_waits_its_turn(tmp_path: Pa
         end.release.set()
         await proxy.stop()
         await peer.stop()
+
+
+async def test_the_shipped_loop_tunnels_and_drains_on_sigterm(
+    tmp_path: Path, backend: WsBackend
+) -> None:
+    """The real command (uvloop: its transports' set_protocol, pause and resume): a large
+    message both ways, then SIGTERM: the open tunnel keeps working during the drain, ends at
+    drain_timeout, and the process exits cleanly."""
+    proxy = await ProcessProxy.start(tmp_path, simple_config(backend, drain_timeout="500ms"))
+    url = f"ws://127.0.0.1:{proxy.port}/ws"
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(url, max_msg_size=0)
+            await ws.send_bytes(b"z" * (3 << 20))
+            assert len(await ws.receive_bytes(timeout=20)) == 3 << 20
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            assert proxy.process.returncode is None
+            proxy.process.send_signal(signal.SIGTERM)
+            await ws.send_str("during the drain")
+            assert await ws.receive_str(timeout=5) == "during the drain"
+            message = await ws.receive(timeout=10)
+            assert message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+            assert loop.time() - started >= 0.45
+            await ws.close()
+    finally:
+        await proxy.stop()
+    assert proxy.process.returncode == 0, proxy.stderr
+    assert "Traceback" not in proxy.stderr, proxy.stderr
