@@ -402,7 +402,7 @@ class Pipeline:
         elapsed = monotonic() - request.started
         route_name = route.name if route is not None else "-"
         self.request_counts.add(route_name, backend.pool if backend else "-", flight.status)
-        if route is not None:
+        if route is not None and flight.status != 101:  # a tunnel's life is no latency
             route.observe_duration(elapsed)
         if self.access_log.enabled:
             self.access_log.record(flight, elapsed, request.writer.response_bytes())

@@ -185,6 +185,7 @@ class ClientConnection(asyncio.Protocol):
         assert self.transport is not None and self.reading == states.UPGRADING
         held, self.held = self.held, b""
         self.deadline.cancel()
+        self.writer.deadline.cancel()  # a pace clock of an earlier response must not cut it
         self.transport.set_protocol(protocol)
         return self.transport, held
 
