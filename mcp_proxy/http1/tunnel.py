@@ -163,9 +163,20 @@ class Tunnel:
         self.quiet = 0 if self.moved else self.quiet + 1
         self.moved = False
         if self.quiet >= IDLE_LOOKS:
-            self.close()
+            self._expire()
         else:
             self._arm_idle()
+
+    def _expire(self) -> None:
+        """Idle: close both; a side with bytes still buffered (its reader stuck for the whole
+        timeout) is aborted, since a close would wait for that reader for ever."""
+        for side in (self.client, self.backend):
+            transport = side.transport
+            if transport is not None and not side.lost:
+                if transport.get_write_buffer_size():
+                    transport.abort()
+                else:
+                    transport.close()
 
     def _end(self) -> None:
         if self.ended:

@@ -128,3 +128,12 @@ async def test_the_end_is_reported_once_and_stops_the_clock(pump: Pump) -> None:
     pump.backend.connection_lost(None)
     pump.backend.connection_lost(None)
     assert pump.ends == [pump.tunnel] and pump.tunnel.timer is None
+
+
+async def test_an_idle_tunnel_with_a_stuck_reader_is_aborted_not_left_closing() -> None:
+    pump = Pump(asyncio.get_running_loop(), idle=0.1)
+    pump.start()
+    pump.client_transport.buffer_size = 1 << 20  # never drained: the client reads nothing
+    await asyncio.sleep(0.2)  # sleep-ok: past the timeout and its 1.25 x
+    assert pump.client_transport.aborted
+    assert pump.backend_transport.closed and not pump.backend_transport.aborted
