@@ -22,8 +22,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("mcp_proxy")
 
 
-class BindError(Exception):
-    """A listener's address cannot be bound; says which config key gave it."""
+class BindError(OSError):
+    """A listener's address cannot be bound; says which config key gave it. Still the
+    OSError it was (same errno: `mcp-proxy demo` reads it), printed as its one line."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 @contextlib.contextmanager
@@ -35,7 +39,7 @@ def naming_the_key(key: str, host: str, port: int) -> Iterator[None]:
     except OSError as error:
         why = os.strerror(error.errno) if error.errno else str(error)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        raise BindError(f"{key} {address}: {why}") from None
+        raise BindError(error.errno, f"{key} {address}: {why}") from None
 
 
 def in_flight(connections: Collection[ClientConnection]) -> int:
