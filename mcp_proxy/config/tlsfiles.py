@@ -1,0 +1,40 @@
+"""The pool TLS files a config names (`pools.<name>.tls`): each must load, and fit.
+
+`check` and every load run the same builder the proxy runs (`upstream.tls`), so a config that
+passes is one whose files the proxy will accept: readable, PEM, a key that matches its
+certificate, a chain in order, and something OpenSSL takes. The files also enter the config's
+version (`version`): a reload with the same config text but a new certificate is a change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from mcp_proxy.config.check import Parts, Problem
+from mcp_proxy.config.model import Config
+
+
+def pool_tls_problems(parts: Parts, base_dir: Path) -> Iterator[Problem]:
+    # Imported here: upstream imports config, and config must not need upstream to import.
+    from mcp_proxy.upstream.tls import has_https, problems
+
+    for name, pool in (parts.pools or {}).items():
+        if pool is None or pool.tls is None:
+            continue
+        if not has_https(pool):
+            yield Problem(("pools", name, "tls"), "no backend of this pool is https: unused")
+            continue
+        for error in problems(pool.tls, base_dir):
+            yield Problem(("pools", name, "tls", error.key), error.message)
+
+
+def version(raw: bytes, config: Config, base_dir: Path) -> str:
+    """`sha256:` of the config file's bytes, and of the pool TLS files' when there are any."""
+    from mcp_proxy.upstream.tls import files_digest
+
+    digest = hashlib.sha256(raw)
+    if any(pool.tls is not None for pool in config.pools.values()):
+        digest.update(files_digest(config, base_dir))
+    return "sha256:" + digest.hexdigest()
