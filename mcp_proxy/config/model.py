@@ -9,6 +9,7 @@ selector that matches nothing, duplicate route names) live in `config.check`; fi
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -113,7 +114,15 @@ class BackendConfig(Frozen):
 
 PoolKind = Literal["on-prem", "private", "public"]
 
-HOSTNAME = r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9])?$"
+_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9])?")
+
+
+def _host_name(value: str) -> str:
+    if len(value) > 253 or not _HOSTNAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not a host name (the name the backends' certificate has)")
+    return value
+
+
 FilePath = Annotated[StrictStr, Field(min_length=1)]
 
 
@@ -125,7 +134,7 @@ class PoolTls(Frozen):
     cert: FilePath | None = None  # client certificate (mTLS to the backends), chain allowed
     key: FilePath | None = None
     # SNI and the name verified; default: each backend URL's host
-    server_name: Annotated[StrictStr, Field(pattern=HOSTNAME, max_length=253)] | None = None
+    server_name: Annotated[StrictStr, AfterValidator(_host_name)] | None = None
 
     @model_validator(mode="after")
     def _cert_with_key(self) -> PoolTls:

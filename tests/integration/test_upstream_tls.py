@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.integration.harness import Proxy, eventually
 from tests.integration.rawpeers import ProcessProxy
+from tests.integration.test_cli import run_cli
 from tests.integration.tlspeers import HostileTlsServer, Pki, TlsBackend
 
 
@@ -86,9 +88,9 @@ async def test_a_certificate_from_another_ca_is_a_502_a_passive_failure_and_a_lo
     good = await TlsBackend.start(pki.leaf("127.0.0.1"))
     cleanup += [bad, good]
     Pki.write_ca(tmp_path / "ca.pem", pki.ca)
-    config = tls_config(bad.url, good.url, tls={"ca": "ca.pem"},
-                        balancer={"policy": "round_robin"},
-                        health={"interval": "30s", "outlier": {"consecutive_failures": 2}})  # fmt: skip
+    health = {"interval": "30s", "outlier": {"consecutive_failures": 2}}
+    balancer = {"policy": "round_robin"}
+    config = tls_config(bad.url, good.url, tls={"ca": "ca.pem"}, balancer=balancer, health=health)
     proxy = await start(tmp_path, cleanup, config)
     for _ in range(4):  # the failed attempts on `bad` are retried on `good`
         status, _ = await get(proxy)
@@ -336,3 +338,21 @@ async def test_a_backend_that_stalls_the_handshake_is_cut_at_the_connect_timeout
     assert body["error"] == "connect to backend timed out"
     assert time.monotonic() - started < 2.0
     await asyncio.wait_for(hostile.closed.wait(), 5)  # and the half-open connection is closed
+
+
+# -- mcp-proxy check -------------------------------------------------------------------------------
+
+
+async def test_check_reports_a_key_that_does_not_match_its_certificate(tmp_path: Path, pki: Pki):
+    Pki.write_pair(tmp_path, "proxy", pki.client_ca.issue_cert("proxy"))
+    other_key = pki.client_ca.issue_cert("other").private_key_pem
+    other_key.write_to_path(str(tmp_path / "proxy-key.pem"))
+    config = tls_config("https://10.0.0.1", tls={"cert": "proxy.pem", "key": "proxy-key.pem"})
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    code, _, err = await run_cli("check", "-c", str(path))
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"{path}: pools.secure.tls.key: does not match the certificate (the first one in cert) "
+        "(line 8)"
+    ]
