@@ -305,7 +305,7 @@ async def test_a_reload_with_a_key_that_does_not_match_is_refused(
     other_key.write_to_path(str(tmp_path / "proxy-key.pem"))
     caplog.set_level(logging.ERROR, "mcp_proxy.reload")
     status, result = await proxy.admin("/admin/reload", method="POST")
-    assert (status, result["result"]) == (200, "refused")
+    assert (status, result["result"]) == (422, "refused")
     assert result["problems"] == [
         "pools.secure.tls.key: does not match the certificate (the first one in cert) (line 11)"
     ]
