@@ -7,7 +7,7 @@ a session cache), and https with resumption off (every handshake a full one, ECD
 `mcp-proxy run` (uvloop, as shipped) has one pool and route per port, and so has a second nginx
 as the reference proxy (`proxy_ssl_verify on`, `proxy_ssl_session_reuse on`, upstream keepalive
 for the keep-alive routes), both verifying the same certificate under the same name; wrk drives
-each route of each for `--duration` seconds at 50 connections. The backend's access log counts
+each route of each for `--duration` seconds at `--connections` (50). The backend's access log counts
 the resumed handshakes (`$ssl_session_reused`), so each figure says how often it happened.
 Certificates are made by trustme (`pip install -e ".[test]"`) in a temporary folder.
 """
@@ -107,10 +107,9 @@ def proxy_config(d: Path, ports: dict[str, int], listen: int, admin: int) -> dic
             "health": {"interval": "30s"}}  # fmt: skip
 
 
-def wrk(url: str, duration: int) -> float:
-    out = subprocess.run(
-        ["wrk", "-t1", "-c50", f"-d{duration}s", url], capture_output=True, text=True, check=True
-    ).stdout
+def wrk(url: str, duration: int, connections: int) -> float:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", url]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     found = re.search(r"Requests/sec:\s+([\d.]+)", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if found is None or errors is not None:
@@ -138,7 +137,9 @@ def reused_share(log: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run (<= 30)")
-    duration = min(parser.parse_args().duration, 30)
+    parser.add_argument("--connections", type=int, default=50, help="wrk's connections")
+    args = parser.parse_args()
+    duration, connections = min(args.duration, 30), args.connections
     with tempfile.TemporaryDirectory() as folder:
         d = Path(folder)
         ports = {name: free_port() for name in ROUTES}
@@ -155,7 +156,7 @@ def main() -> None:
                 wait_for(port)
             print(f"{'route':>11}  {'mcp-proxy':>9}  {'nginx':>9}  ratio")
             for name in ROUTES:
-                measure(d, name, listen, reference, duration)
+                measure(d, name, (listen, reference), duration, connections)
         finally:
             for process in processes:
                 process.terminate()
@@ -173,11 +174,12 @@ def write_files(d: Path, ports: dict[str, int], listen: int, admin: int, referen
     (d / "proxy.yaml").write_text(yaml.safe_dump(proxy_config(d, ports, listen, admin)))
 
 
-def measure(d: Path, name: str, listen: int, reference: int, duration: int) -> None:
+def measure(d: Path, name: str, ports: tuple[int, int], duration: int, connections: int) -> None:
+    """One route through mcp-proxy, then through nginx; req/s and the ratio."""
     log = RESUMPTION_LOGS.get(name)
-    ours = wrk(f"http://127.0.0.1:{listen}/{name}/", duration)
+    ours = wrk(f"http://127.0.0.1:{ports[0]}/{name}/", duration, connections)
     ours_note = reused_share(d / log) if log is not None else ""
-    theirs = wrk(f"http://127.0.0.1:{reference}/{name}/", duration)
+    theirs = wrk(f"http://127.0.0.1:{ports[1]}/{name}/", duration, connections)
     theirs_note = reused_share(d / log) if log is not None else ""
     print(f"{name:>11}  {ours:9.0f}  {theirs:9.0f}  {ours / theirs:5.2f}  "
           f"{ours_note}{'; nginx ' + theirs_note if theirs_note else ''}", flush=True)  # fmt: skip

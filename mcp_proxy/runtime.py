@@ -33,7 +33,7 @@ from mcp_proxy.upstream.balancer import Policy, make_policy
 from mcp_proxy.upstream.dns import DnsRefresher
 from mcp_proxy.upstream.health_check import HealthChecker
 from mcp_proxy.upstream.retry import RetryBudget
-from mcp_proxy.upstream.tls import UpstreamTls, pool_contexts
+from mcp_proxy.upstream.tls import UpstreamTls, log_changes, pool_contexts
 
 if TYPE_CHECKING:
     from mcp_proxy.metrics import Metrics
@@ -148,6 +148,7 @@ class Runtime:
         if self.verifier is previous.verifier:
             previous.owns_verifier = False
             self.owns_verifier = True
+        log_changes(previous.upstream_tls, self.upstream_tls)
         self._configure_backends()
 
     def _configure_backends(self) -> None:

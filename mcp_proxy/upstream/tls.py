@@ -152,6 +152,15 @@ def build(
     return UpstreamTls(pool, context, settings.server_name, fingerprint)
 
 
+def log_changes(before: Mapping[str, UpstreamTls], after: Mapping[str, UpstreamTls]) -> None:
+    """At the swap: say which pools now verify and present under new TLS settings or files
+    (a file-only change shows nowhere else in the reload's log line)."""
+    for name, tls in after.items():
+        if name in before and before[name] is not tls:
+            log.info("pool %s: new TLS settings or files; its connections made under the old "
+                     "ones are not reused", name)  # fmt: skip
+
+
 def files_digest(config: Config, base_dir: Path) -> bytes:
     """The bytes of every pool TLS file (for the config's version: a changed file is a change
     even when the config text is the same). Unreadable files count as empty."""
@@ -207,6 +216,7 @@ def _fingerprint(settings: PoolTls, files: Mapping[str, bytes]) -> str:
 def _context(settings: PoolTls, files: Mapping[str, bytes], base_dir: Path) -> PoolContext:
     context = PoolContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the peer and its name
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_RENEGOTIATION  # (TLS 1.2) a backend may not renegotiate
     context.set_alpn_protocols(["http/1.1"])  # the one protocol the upstream leg speaks
     # A private CA's intermediate may be given as the trust anchor (as Python 3.13 allows).
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN

@@ -260,7 +260,7 @@ async def test_health_probes_use_the_pools_tls_settings(
 
 
 async def test_a_reload_rereads_a_changed_ca_file_with_the_same_config_text(
-    tmp_path: Path, cleanup: list[Any], pki: Pki
+    tmp_path: Path, cleanup: list[Any], pki: Pki, caplog: pytest.LogCaptureFixture
 ):
     backend = await TlsBackend.start(pki.leaf("127.0.0.1"))
     cleanup.append(backend)
@@ -268,8 +268,10 @@ async def test_a_reload_rereads_a_changed_ca_file_with_the_same_config_text(
     proxy = await start(tmp_path, cleanup, tls_config(backend.url, tls={"ca": "ca.pem"}))
     assert (await get(proxy))[0] == 200  # leaves a pooled connection, verified under `ca`
     Pki.write_ca(ca_file, pki.other_ca)  # the backend's CA is no longer trusted
+    caplog.set_level(logging.INFO, "mcp_proxy.upstream")
     status, result = await proxy.admin("/admin/reload", method="POST")
     assert (status, result["result"]) == (200, "ok")
+    assert "pool secure: new TLS settings or files" in caplog.text
     assert (await get(proxy))[0] == 502  # the pooled connection is not reused under new trust
     Pki.write_ca(ca_file, pki.ca)
     assert (await proxy.admin("/admin/reload", method="POST"))[1]["result"] == "ok"
