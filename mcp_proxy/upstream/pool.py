@@ -135,8 +135,11 @@ class ConnectionPool:
             conn.abort()
 
     def _under_current_tls(self, conn: UpstreamConnection) -> bool:
-        """Was `conn` made under the pool's TLS settings as they are now? After its first
-        exchange its session (a TLS 1.3 ticket arrives after the handshake) is kept."""
+        """Was `conn` made under the pool's TLS settings as they are now? After the first
+        exchange of a connection that did not resume, its session is kept for the next ones
+        (after an exchange: a TLS 1.3 ticket arrives after the handshake). One that resumed
+        keeps the session offered: reading `session` copies it whole (about a millisecond),
+        and a session the backend stops accepting costs one full handshake, which renews it."""
         transport = conn.transport
         if transport is None or self.tls is None:
             return False
@@ -144,7 +147,7 @@ class ConnectionPool:
             return False  # made before a reload changed the settings: never reused
         if conn.exchanges == 1:
             ssl_object = transport.get_extra_info("ssl_object")
-            if ssl_object is not None and ssl_object.session is not None:
+            if ssl_object is not None and not (ssl_object.session_reused and self.session):
                 self.session = ssl_object.session
         return True
 
