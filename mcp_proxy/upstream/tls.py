@@ -19,6 +19,7 @@ handshake therefore never skips a verification that these settings would not hav
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import itertools
 import logging
@@ -183,6 +184,21 @@ def problems(settings: PoolTls, base_dir: Path) -> list[TlsSettingsError]:
     except TlsSettingsError as error:
         return [error]
     return []
+
+
+def certificate_ends(
+    settings: PoolTls, base_dir: Path
+) -> Iterator[tuple[str, str, datetime.datetime]]:
+    """(key, subject, not-valid-after in UTC) of the client certificate and each trust anchor;
+    files that do not load are left out (`problems` says why)."""
+    for key in ("cert", "ca"):
+        value = getattr(settings, key)
+        try:
+            chain = _certificates(key, resolve(base_dir, value).read_bytes()) if value else []
+        except (OSError, TlsSettingsError):
+            continue
+        for certificate in chain[:1] if key == "cert" else chain:
+            yield key, certificate.subject.rfc4514_string(), certificate.not_valid_after_utc
 
 
 def _paths(settings: PoolTls) -> list[str]:

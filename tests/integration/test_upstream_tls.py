@@ -4,6 +4,7 @@ both edges", the `pools.<name>.tls` block)."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -364,3 +365,17 @@ async def test_check_reports_a_key_that_does_not_match_its_certificate(tmp_path:
         f"{path}: pools.secure.tls.key: does not match the certificate (the first one in cert) "
         "(line 8)"
     ]
+
+
+async def test_check_warns_of_a_client_certificate_about_to_expire_and_passes(
+    tmp_path: Path, pki: Pki
+):
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=2, hours=1)
+    Pki.write_pair(tmp_path, "proxy", pki.client_ca.issue_cert("proxy", not_after=soon))
+    config = tls_config("https://10.0.0.1", tls={"cert": "proxy.pem", "key": "proxy-key.pem"})
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    code, out, err = await run_cli("check", "-c", str(path))
+    assert code == 0, err
+    assert f"{path}: warning: pools.secure.tls.cert: the certificate " in err
+    assert "expires in 2 days" in err and "ok (1 routes" in out

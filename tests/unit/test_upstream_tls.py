@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import ssl
 import textwrap
 from pathlib import Path
@@ -13,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from mcp_proxy.config import ConfigError, load, parse
 from mcp_proxy.config.model import PoolTls
+from mcp_proxy.config.tlsfiles import expiry_warnings
 from mcp_proxy.upstream.tls import _OFFER, PoolContext, build, offering
 
 CA = trustme.CA()
@@ -168,3 +170,19 @@ def test_a_session_is_offered_only_to_the_context_it_was_made_under(tmp_path: Pa
         assert not handshake(twin, server).session_reused  # never offered to another pool
     assert _OFFER.get() is None
     assert not handshake(mine, server).session_reused  # nothing offered outside `offering`
+
+
+def test_check_warns_of_a_client_certificate_or_ca_expiring_within_14_days(tmp_path: Path):
+    now = datetime.datetime.now(datetime.UTC)
+    soon = CA.issue_cert("proxy.internal", not_after=now + datetime.timedelta(days=3, hours=1))
+    write_pair(tmp_path, soon)
+    CA.cert_pem.write_to_path(str(tmp_path / "ca.pem"))  # trustme's CA lasts for years
+    path = tmp_path / "proxy.yaml"
+    path.write_text(config_text("{ca: ca.pem, cert: c.pem, key: k.pem}"))
+    loaded = load(path)
+    [warning] = expiry_warnings(loaded.config, str(path), now)
+    assert warning.path == ("pools", "p", "tls", "cert")
+    assert warning.message.startswith("the certificate ") and "trustme" in warning.message
+    assert " expires in 3 days (" in warning.message  # the subject (RFC 4514), then when
+    later = now + datetime.timedelta(days=4)
+    assert "has expired" in expiry_warnings(loaded.config, str(path), later)[0].message
