@@ -115,6 +115,9 @@ class ConnectionPool:
             raise UpstreamError("TLS handshake with backend failed", before_send=True) from None
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
+            if tls is not None and not isinstance(exc, ConnectionRefusedError):
+                # Cut during the handshake: an old TLS version, a plain port, a reset.
+                tls.report(self.label, f"connection lost in the handshake: {reason}", monotonic())
             raise UpstreamError(f"connect to backend failed: {reason}", before_send=True) from None
         self.open += 1
         self.connects += 1

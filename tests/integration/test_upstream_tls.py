@@ -159,6 +159,18 @@ async def test_an_expired_certificate_is_a_502(
     assert tls_failures(caplog)[0].endswith("did not verify: certificate has expired")
 
 
+async def test_a_backend_that_speaks_only_tls_1_1_is_a_502_with_the_reason_logged(
+    tmp_path: Path, cleanup: list[Any], pki: Pki, caplog: pytest.LogCaptureFixture
+):
+    backend = await TlsBackend.start(pki.leaf("127.0.0.1"), tls11=True)
+    cleanup.append(backend)
+    Pki.write_ca(tmp_path / "ca.pem", pki.ca)
+    proxy = await start(tmp_path, cleanup, tls_config(backend.url, tls={"ca": "ca.pem"}))
+    assert (await get(proxy))[0] == 502
+    [line] = tls_failures(caplog)  # asyncio reports the backend's alert as a connection reset
+    assert line.startswith(f"TLS to backend {backend.url} (pool secure) failed: "), line
+
+
 # -- the proxy's client certificate ----------------------------------------------------------------
 
 
@@ -324,13 +336,19 @@ async def test_a_reload_with_a_key_that_does_not_match_is_refused(
 # -- hostile backends ------------------------------------------------------------------------------
 
 
-async def test_a_backend_that_resets_mid_handshake_is_a_502(tmp_path: Path, cleanup: list[Any]):
+async def test_a_backend_that_resets_mid_handshake_is_a_502(
+    tmp_path: Path, cleanup: list[Any], caplog: pytest.LogCaptureFixture
+):
     hostile = await HostileTlsServer.start(reset=True)
     cleanup.append(hostile)
     proxy = await start(tmp_path, cleanup, tls_config(hostile.url))
     status, body = await get(proxy)
     assert (status, body["error"]) == (502, "connect to backend failed: Connection reset by peer")
     assert hostile.hellos >= 1
+    assert tls_failures(caplog) == [
+        f"TLS to backend {hostile.url} (pool secure) failed: connection lost in the handshake: "
+        "Connection reset by peer"
+    ]
 
 
 async def test_a_backend_that_stalls_the_handshake_is_cut_at_the_connect_timeout(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ssl
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,16 @@ class TlsBackend:
     """An aiohttp https server recording, per request, whether its TLS session was resumed and
     which client certificate (if any) the proxy showed."""
 
-    def __init__(self, leaf: Any, client_ca: trustme.CA | None, close: bool) -> None:
+    def __init__(
+        self, leaf: Any, client_ca: trustme.CA | None, close: bool, tls11: bool = False
+    ) -> None:
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        if tls11:  # an old backend: TLS 1.1 at most (the proxy requires 1.2)
+            with warnings.catch_warnings():  # deprecated versions, on purpose
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.context.minimum_version = ssl.TLSVersion.TLSv1
+                self.context.maximum_version = ssl.TLSVersion.TLSv1_1
+            self.context.set_ciphers("DEFAULT:@SECLEVEL=0")
         leaf.configure_cert(self.context)
         if client_ca is not None:
             client_ca.configure_trust(self.context)
@@ -73,9 +82,13 @@ class TlsBackend:
 
     @classmethod
     async def start(
-        cls, leaf: Any, client_ca: trustme.CA | None = None, close: bool = False
+        cls,
+        leaf: Any,
+        client_ca: trustme.CA | None = None,
+        close: bool = False,
+        tls11: bool = False,
     ) -> TlsBackend:
-        backend = cls(leaf, client_ca, close)
+        backend = cls(leaf, client_ca, close, tls11)
         app = web.Application()
         app.router.add_get("/healthz", backend._health)
         app.router.add_route("*", "/{tail:.*}", backend._handle)
