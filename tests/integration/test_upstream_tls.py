@@ -302,6 +302,24 @@ async def test_a_reload_rereads_a_changed_ca_file_with_the_same_config_text(
     assert (await get(proxy))[0] == 200
 
 
+async def test_a_request_in_flight_over_a_reload_of_new_trust_ends_on_its_connection(
+    tmp_path: Path, cleanup: list[Any], pki: Pki
+):
+    backend = await TlsBackend.start(pki.leaf("127.0.0.1"))
+    cleanup.append(backend)
+    ca_file = Pki.write_ca(tmp_path / "ca.pem", pki.ca)
+    proxy = await start(tmp_path, cleanup, tls_config(backend.url, tls={"ca": "ca.pem"}))
+    backend.hold = asyncio.Event()
+    in_flight = asyncio.create_task(get(proxy))
+    await eventually(lambda: len(backend.requests) == 1)
+    Pki.write_ca(ca_file, pki.other_ca)
+    assert (await proxy.admin("/admin/reload", method="POST"))[1]["result"] == "ok"
+    backend.hold.set()
+    assert (await in_flight)[0] == 200  # its connection, verified before, finishes the exchange
+    assert (await get(proxy))[0] == 502  # and is not pooled: the next one verifies anew
+    assert len(backend.requests) == 1
+
+
 async def test_a_reload_with_unchanged_tls_files_keeps_the_pooled_connections(
     tmp_path: Path, cleanup: list[Any], pki: Pki
 ):

@@ -76,6 +76,7 @@ class TlsBackend:
             self.context.verify_mode = ssl.CERT_REQUIRED
         self.close = close  # answer `Connection: close`: every request on a new connection
         self.requests: list[dict[str, Any]] = []
+        self.hold: asyncio.Event | None = None  # when set, requests wait for it
         self.probes = 0
         self.runner: web.AppRunner | None = None
         self.port = 0
@@ -117,6 +118,8 @@ class TlsBackend:
         ssl_object = transport.get_extra_info("ssl_object")
         peer = transport.get_extra_info("peercert")
         self.requests.append({"resumed": ssl_object.session_reused, "client_cert": peer})
+        if self.hold is not None:
+            await self.hold.wait()
         response = web.json_response({"ok": True, "tls": ssl_object.version()})
         if self.close:
             response.force_close()
