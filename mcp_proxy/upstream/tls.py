@@ -135,8 +135,12 @@ def pool_contexts(
     Raises TlsSettingsError (config.load checked the same files; they changed since)."""
     built: dict[str, UpstreamTls] = {}
     for name, pool in config.pools.items():
-        if has_https(pool):
+        if not has_https(pool):
+            continue
+        try:
             built[name] = build(name, pool.tls, base_dir, previous.get(name))
+        except TlsSettingsError as error:  # named as `check` names it
+            raise TlsSettingsError(f"pools.{name}.tls.{error.key}", error.message) from None
     return built
 
 

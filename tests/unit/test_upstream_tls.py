@@ -15,7 +15,14 @@ from cryptography.hazmat.primitives import serialization
 from mcp_proxy.config import ConfigError, load, parse
 from mcp_proxy.config.model import PoolTls
 from mcp_proxy.config.tlsfiles import expiry_warnings
-from mcp_proxy.upstream.tls import _OFFER, PoolContext, build, offering
+from mcp_proxy.upstream.tls import (
+    _OFFER,
+    PoolContext,
+    TlsSettingsError,
+    build,
+    offering,
+    pool_contexts,
+)
 
 CA = trustme.CA()
 LEAF = CA.issue_cert("proxy.internal")
@@ -186,3 +193,12 @@ def test_check_warns_of_a_client_certificate_or_ca_expiring_within_14_days(tmp_p
     assert " expires in 3 days (" in warning.message  # the subject (RFC 4514), then when
     later = now + datetime.timedelta(days=4)
     assert "has expired" in expiry_warnings(loaded.config, str(path), later)[0].message
+
+
+def test_a_file_gone_after_the_check_is_named_as_check_names_it(tmp_path: Path):
+    CA.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    config = parse(config_text("{ca: ca.pem}"), tmp_path)
+    (tmp_path / "ca.pem").unlink()  # between load and building the snapshot
+    with pytest.raises(TlsSettingsError) as info:
+        pool_contexts(config, tmp_path, {})
+    assert str(info.value).startswith("pools.p.tls.ca: 'ca.pem': no such file")
