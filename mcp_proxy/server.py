@@ -87,7 +87,7 @@ class ProxyServer:
         tls = self.tls
         tls.use(tls.prepare(runtime.config.tls))  # checked by load: only a race fails here
 
-        def accept() -> asyncio.Protocol:  # TLS first when the listener speaks it
+        def accept() -> asyncio.BaseProtocol:  # TLS first when the listener speaks it
             return (
                 tls.accept(connection, ref.current.client_settings.header_timeout) or connection()
             )
@@ -127,7 +127,7 @@ class ProxyServer:
         grace = self.runtime.config.drain_timeout if self.ref else 0.0
         if self.listener is not None:
             self.listener.close()
-        self.tls.abort_handshakes()  # a handshake under way has no request to finish
+        self.tls.close()  # a handshake still under way makes no connection
         for conn in list(self.connections):
             conn.start_draining()
         if self.connections:

@@ -1,17 +1,18 @@
 """The handshake in front of each client connection, and the contexts new handshakes use.
 
-Theory of operation. The listener accepts plain TCP; each accepted connection first gets a
-`Handshake` protocol, which runs `loop.start_tls` (the `ssl` module on the loop's transport,
-uvloop's or asyncio's) bounded by `limits.header_timeout`. Only a handshake that completes
-creates the client connection (http1/client.py) and hands it the TLS transport, so a
-handshake that fails (no common version, a missing or bad client certificate when one is
-asked for, garbage, a client that stalls) is counted (`mcp_proxy_tls_handshakes_total`
-{listener="public", result="failed"}) and closed, and never reaches routing.
+Theory of operation. For each accepted TCP connection the listener's protocol factory returns
+the loop's own TLS protocol (uvloop's SSLProtocol, or asyncio's: what `create_server(ssl=...)`
+uses, the `ssl` module over the loop's transport) made with the context current at that
+accept, bounded by `limits.header_timeout`, with a `Handshake` as its application protocol.
+Only a handshake that completes creates the client connection (http1/client.py): the
+Handshake hands it the TLS transport inside `connection_made`, before any decrypted byte is
+delivered. A handshake that fails (no common version, a missing or bad client certificate when
+one is asked for, garbage, a client that stalls) is counted through its waiter
+(`mcp_proxy_tls_handshakes_total{listener="public",result="failed"}`) and closed by the TLS
+protocol; it never reaches routing.
 
-`start_tls` makes the stand-in the TLS transport's protocol: bytes that arrive between the end
-of the handshake and the hand-over (asyncio delivers the first read at once) are kept and fed
-to the client connection after its `connection_made`; a close in between means there is no
-connection to make.
+(`loop.start_tls` from a plain protocol would open a window: uvloop starts reading right
+after `connection_made`, so a ClientHello could reach the plain protocol before the TLS one.)
 
 Reload swaps `TlsListener.contexts`: the next handshake starts with the new context, a
 handshake under way and every open connection keep the context they began with.
@@ -20,11 +21,14 @@ handshake under way and every open connection keep the context they began with.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol, cast
 
+import uvloop
+import uvloop.loop
 from cryptography import x509
 
 from mcp_proxy.config.model import ListenerTls
@@ -36,6 +40,16 @@ if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge
 
 log = logging.getLogger("mcp_proxy.tls")
+SHUTDOWN_TIMEOUT = 5.0  # most seconds a close_notify exchange may take before the close
+
+
+def _ssl_protocol(loop: asyncio.AbstractEventLoop) -> Callable[..., asyncio.BaseProtocol]:
+    """The loop's own TLS protocol: uvloop's (Cython) on uvloop, asyncio's elsewhere. It is
+    what `create_server(ssl=...)` uses; made here, each connection gets the context current
+    at its accept and its handshake's outcome (the waiter) is seen."""
+    if isinstance(loop, uvloop.Loop):
+        return uvloop.loop.SSLProtocol  # type: ignore[attr-defined,no-any-return]
+    return asyncio.sslproto.SSLProtocol
 
 
 class Connection(Protocol):
@@ -54,11 +68,12 @@ class TlsListener:
 
     def __init__(self, handshakes: Counter, expiry: Gauge) -> None:
         self.contexts: Contexts | None = None  # None: the listener speaks plain HTTP
-        self.pending: set[Handshake] = set()
+        self.pending: set[Handshake] = set()  # handshakes under way
         self.handshakes = handshakes
         self.expiry = expiry
         self.ok = 0
         self.failed = 0
+        self.closing = False
 
     def __repr__(self) -> str:
         return (
@@ -92,20 +107,28 @@ class TlsListener:
 
     def accept(
         self, make_connection: Callable[[], Connection], timeout: float
-    ) -> asyncio.Protocol | None:
+    ) -> asyncio.BaseProtocol | None:
         """The protocol for a new TCP connection: a Handshake, or None on a plain listener."""
         contexts = self.contexts
         if contexts is None:
             return None
-        return Handshake(self, contexts, make_connection, timeout)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        handshake = Handshake(self, make_connection, waiter)
+        waiter.add_done_callback(handshake.done)
+        self.pending.add(handshake)
+        return _ssl_protocol(loop)(
+            loop, handshake, contexts.default, waiter, server_side=True,
+            ssl_handshake_timeout=timeout, ssl_shutdown_timeout=SHUTDOWN_TIMEOUT,
+        )  # fmt: skip
 
     def describe(self) -> list[dict[str, object]]:
         """`/admin/config`'s `tls.certificates`: each certificate's file, names and expiry."""
         return [pair.describe() for pair in self.contexts.pairs] if self.contexts else []
 
-    def abort_handshakes(self) -> None:
-        for handshake in list(self.pending):
-            handshake.abort()
+    def close(self) -> None:
+        """Shutdown: a handshake still under way ends without a client connection."""
+        self.closing = True
 
     def finished(self, handshake: Handshake, ok: bool) -> None:
         self.pending.discard(handshake)
@@ -117,79 +140,45 @@ class TlsListener:
 
 
 class Handshake(asyncio.Protocol):
-    """One connection until its handshake is done; see the module docstring."""
+    """One connection's TLS handshake: the app protocol of its SSLProtocol until the
+    handshake is done, then the client connection is (see the module docstring)."""
+
+    __slots__ = ("listener", "make_connection", "waiter")
 
     def __init__(
         self,
         listener: TlsListener,
-        contexts: Contexts,
         make_connection: Callable[[], Connection],
-        timeout: float,
+        waiter: asyncio.Future[None],
     ) -> None:
         self.listener = listener
-        self.contexts = contexts
         self.make_connection = make_connection
-        self.timeout = timeout
-        self.transport: asyncio.Transport | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.early: list[bytes] = []  # read after the handshake, before the hand-over
-        self.eof = False
-        self.lost = False
+        self.waiter = waiter
 
     def __repr__(self) -> str:
-        return f"<Handshake lost={self.lost} early={len(self.early)}>"
+        return f"<Handshake done={self.waiter.done()}>"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        tcp = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self.transport = tcp
-        tcp.pause_reading()  # the ClientHello waits for start_tls
-        self.listener.pending.add(self)
-        self.task = asyncio.get_running_loop().create_task(self._run(tcp))
-
-    async def _run(self, transport: asyncio.Transport) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            secured = await loop.start_tls(
-                transport, self, self.contexts.default, server_side=True,
-                ssl_handshake_timeout=self.timeout,
-            )  # fmt: skip
-        except (OSError, asyncio.CancelledError, RuntimeError) as exc:
-            # ssl.SSLError and the timeout's ConnectionAbortedError are OSErrors
-            self.listener.finished(self, ok=False)
-            log.debug("TLS handshake failed from %s: %r", _peer(transport), exc)
-            transport.abort()
+        """The handshake completed: hand the TLS transport to a new client connection, now,
+        before the first decrypted bytes are delivered."""
+        secured = cast(asyncio.Transport, transport)
+        if self.listener.closing:
+            secured.abort()  # shutting down: no new connection
             return
-        self.listener.finished(self, ok=True)
-        if secured is None or self.lost:
-            return  # closed between the handshake and now: no connection to make
-        self._hand_over(secured)
-
-    def _hand_over(self, secured: asyncio.Transport) -> None:
         connection = self.make_connection()
         connection.tls = session_of(secured)
         secured.set_protocol(connection)  # type: ignore[arg-type]
         connection.connection_made(secured)
-        if self.early:
-            connection.data_received(b"".join(self.early))
-        if self.eof:
-            connection.eof_received()
 
-    def abort(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-        if self.transport is not None:
-            self.transport.abort()
-
-    # -- the TLS transport's protocol until the hand-over ---------------------------------------
-    def data_received(self, data: bytes) -> None:
-        self.early.append(data)
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        return True  # keep the transport: the connection decides what a half-close means
+    def done(self, waiter: asyncio.Future[None]) -> None:
+        """The waiter's callback: the handshake succeeded, failed, or timed out."""
+        error = None if waiter.cancelled() else waiter.exception()  # retrieved: never logged
+        self.listener.finished(self, ok=error is None)
+        if error is not None:
+            log.debug("TLS handshake failed: %r", error)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
+        pass  # before connection_made: the handshake failed, `done` counts it
 
 
 def session_of(transport: asyncio.BaseTransport) -> TlsSession:
