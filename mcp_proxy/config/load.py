@@ -95,7 +95,7 @@ def parse(text: str, base_dir: Path) -> Config:
     problems.extend(find_problems(parts))
     problems.extend(key_file_problems(parts, base_dir))
     config = _with_absolute_paths(config, base_dir)
-    problems.extend(listener_tls_problems(config.tls))  # its files, read from absolute paths
+    problems.extend(listener_tls_problems(config))  # its files, read from absolute paths
     if problems:
         raise ConfigError(_render(problems, lines))
     return config

@@ -292,6 +292,8 @@ class RouteConfig(Frozen):
     priority: Name | None = None
     timeout: PositiveDuration = 30.0
     retries: Annotated[StrictInt, Field(ge=0, le=10)] = 2
+    # required: served only on a connection whose client certificate verified (tls.client_ca)
+    client_cert: Literal["required"] | None = None
 
 
 class UpstreamConfig(Frozen):

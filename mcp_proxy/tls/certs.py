@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 
 from mcp_proxy.config.check import Problem
 from mcp_proxy.config.keyfiles import resolve_path
-from mcp_proxy.config.model import ListenerTls
+from mcp_proxy.config.model import Config, ListenerTls
 
 EXPIRY_WARNING = timedelta(days=14)
 _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -128,8 +128,14 @@ def _subject(cert: x509.Certificate) -> str:
 
 
 # -- what check and a reload report ------------------------------------------------------------
-def listener_problems(tls: ListenerTls | None) -> Iterator[Problem]:
-    """Every pair and the client CA of the listener's `tls:`, each failure at its key path."""
+def listener_problems(config: Config) -> Iterator[Problem]:
+    """Every pair and the client CA of the listener's `tls:`, each failure at its key path;
+    a route that needs a client certificate the listener never asks for."""
+    tls = config.tls
+    for index, route in enumerate(config.routes):
+        if route.client_cert is not None and (tls is None or tls.client_ca is None):
+            message = "needs tls.client_ca: without it no client certificate is ever verified"
+            yield Problem(("routes", index, "client_cert"), message)
     if tls is None:
         return
     for index, pair in enumerate(tls.certificates):

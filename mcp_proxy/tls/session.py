@@ -29,6 +29,11 @@ class TlsSession:
         return f"<TlsSession {self.version} verified={self.verified}>"
 
 
+def verified_client(session: TlsSession | None) -> bool:
+    """The connection's client presented a certificate that verified (routes' `client_cert`)."""
+    return session is not None and session.verified
+
+
 def is_identity_field(name: bytes) -> bool:
     """`name` (lowercased) is X-Client-Cert-Subject or -SAN, however a client spells `-`."""
     return len(name) in (17, 21) and name.replace(b"_", b"-") in IDENTITY_FIELDS

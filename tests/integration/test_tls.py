@@ -348,3 +348,31 @@ async def test_curl_and_openssl_against_the_shipped_loop(tmp_path: Path, backend
     finally:
         await proxy.stop()
     assert "Traceback" not in proxy.stderr
+
+
+async def test_a_route_that_needs_a_verified_client_certificate(
+    tmp_path: Path, backend: Backend
+) -> None:
+    pki = Pki(tmp_path)
+    config = tls_config(backend, pki.server(API), client_ca=str(pki.ca_file))
+    config["routes"].insert(
+        0,
+        {"name": "ops", "match": {"path_prefix": "/ops/"}, "to": {"pools": ["b1"]},
+         "client_cert": "required"},
+    )  # fmt: skip
+    config["access_log"] = {"format": "json"}
+    proxy = await start(tmp_path, config)
+    try:
+        reader, writer = await handshake(proxy, pki.client_context())  # optional: none given
+        writer.write(b"GET /ops/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        assert answer.startswith(b"HTTP/1.1 403") and b"client certificate" in answer
+        writer.close()
+        carol = pki.client_context(pki.client("carol"))
+        reader, writer = await handshake(proxy, carol)
+        writer.write(b"GET /ops/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200")
+        writer.close()
+        assert backend.count() == 1
+    finally:
+        await proxy.stop()
