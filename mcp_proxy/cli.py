@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     demo_cmd.add_argument("--port", type=int, default=8080, help="the proxy's port (0: any free)")
     demo_cmd.add_argument("--requests", type=int, default=300, help="requests in each phase")
     demo_cmd.add_argument("--no-serve", action="store_true", help="exit after the traffic")
+    demo_cmd.add_argument(
+        "--tls", action="store_true", help="serve HTTPS with a throwaway CA (curl --cacert)"
+    )
     token_cmd = commands.add_parser("token", help="mint a signed JWT for trying a config")
     from mcp_proxy.auth.mint import add_token_arguments
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import ssl
 import warnings
@@ -376,3 +377,14 @@ async def test_a_route_that_needs_a_verified_client_certificate(
         assert backend.count() == 1
     finally:
         await proxy.stop()
+
+
+def test_demo_with_tls_serves_https_from_a_throwaway_ca() -> None:
+    from tests.integration.test_demo import run_demo_command
+
+    done = run_demo_command("--tls", "--port", "0", "--requests", "12", "--no-serve")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "Traceback" not in done.stderr + done.stdout
+    assert re.search(r"proxy\s+https://127\.0\.0\.1:\d+", done.stdout)
+    assert re.search(r"scope 'payments'\s+-> 200", done.stdout)  # its own traffic, over TLS
+    assert "expires" not in done.stdout  # the throwaway certificate is not near its end
