@@ -371,10 +371,6 @@ class ListenerTls(Frozen):
             raise ValueError("client_cert needs client_ca (the CA that verifies them)")
         return self
 
-    @property
-    def asks_for_client_cert(self) -> bool:
-        return self.client_ca is not None
-
 
 class Config(Frozen):
     listen: Address = ("127.0.0.1", 8080)
