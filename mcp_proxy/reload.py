@@ -76,7 +76,7 @@ log = logging.getLogger("mcp_proxy.reload")
 POLL = 0.25
 OLD_SNAPSHOT_GRACE = 300.0  # a snapshot still serving after this long is closed anyway
 SETTINGS = ("limits", "balancer", "health", "auth", "admission", "upstream", "drain_timeout",
-            "access_log")  # fmt: skip
+            "access_log", "tls")  # fmt: skip
 
 Signature = tuple[int, int, int, int] | None
 Result = dict[str, Any]

@@ -388,3 +388,29 @@ def test_demo_with_tls_serves_https_from_a_throwaway_ca() -> None:
     assert re.search(r"proxy\s+https://127\.0\.0\.1:\d+", done.stdout)
     assert re.search(r"scope 'payments'\s+-> 200", done.stdout)  # its own traffic, over TLS
     assert "expires" not in done.stdout  # the throwaway certificate is not near its end
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="no openssl")
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+async def test_sessions_resume(tmp_path: Path, backend: Backend, version: str) -> None:
+    """TLS 1.2 by the session cache (and tickets), TLS 1.3 by tickets."""
+    pki = Pki(tmp_path)
+    proxy = await start(tmp_path, tls_config(backend, pki.server(API)))
+    session = tmp_path / f"session{version}.pem"
+    try:
+        outputs = []
+        for flag in ("-sess_out", "-sess_in"):
+            s_client = await asyncio.create_subprocess_exec(
+                "openssl", "s_client", "-connect", f"127.0.0.1:{proxy.port}", "-servername", API,
+                version, "-CAfile", str(pki.ca_file), flag, str(session), "-ign_eof",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+            request = b"GET /r HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+            out, _ = await asyncio.wait_for(s_client.communicate(request), 20)
+            assert b"HTTP/1.1 200" in out, out
+            outputs.append(out)
+        assert b"\nNew, " in outputs[0]
+        assert b"\nReused, " in outputs[1]
+    finally:
+        await proxy.stop()
