@@ -47,6 +47,15 @@ async def handshake(
     )
 
 
+async def served_names(proxy: Proxy, context: ssl.SSLContext, name: str | None = API) -> list[str]:
+    """The DNS names of the certificate a new handshake is served."""
+    _, writer = await handshake(proxy, context, name)
+    try:
+        return peer_names(writer.get_extra_info("ssl_object"))
+    finally:
+        writer.close()
+
+
 async def exchange(
     proxy: Proxy, context: ssl.SSLContext, name: str | None = API, extra: bytes = b""
 ) -> bytes:
@@ -92,13 +101,9 @@ async def test_sni_selects_the_certificate_and_the_first_is_the_default(
     try:
         cases: list[tuple[str, str]] = [(API, API), (INTERNAL, INTERNAL), ("x.wild.test", INTERNAL)]
         for name, expected in cases:
-            _, writer = await handshake(proxy, pki.client_context(), name)
-            assert expected in peer_names(writer.get_extra_info("ssl_object"))
-            writer.close()
+            assert expected in await served_names(proxy, pki.client_context(), name)
         for absent in ("unknown.example.test", None):  # unknown or absent SNI: the first
-            _, writer = await handshake(proxy, no_sni_context(pki), absent)
-            assert peer_names(writer.get_extra_info("ssl_object")) == [API]
-            writer.close()
+            assert await served_names(proxy, no_sni_context(pki), absent) == [API]
     finally:
         await proxy.stop()
 
@@ -250,9 +255,7 @@ async def test_reload_of_a_changed_file_new_handshakes_see_it_open_connections_k
         shutil.copy(second.key, live.key)
         status, result = await proxy.admin("/admin/reload", "POST")
         assert (status, result["result"]) == (200, "ok")
-        _, fresh = await handshake(proxy, pki.client_context())
-        assert "v2.example.test" in peer_names(fresh.get_extra_info("ssl_object"))
-        fresh.close()
+        assert "v2.example.test" in await served_names(proxy, pki.client_context())
         writer.write(b"GET /old HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200")
         assert peer_names(writer.get_extra_info("ssl_object")) == [API]
@@ -278,9 +281,7 @@ async def test_reload_refused_for_a_key_that_does_not_match(
         assert (status, result["result"]) == (422, "refused")
         [problem] = result["problems"]
         assert "the key does not match the certificate" in problem and str(first.key) in problem
-        _, writer = await handshake(proxy, pki.client_context())  # the old pair still serves
-        assert peer_names(writer.get_extra_info("ssl_object")) == [API]
-        writer.close()
+        assert await served_names(proxy, pki.client_context()) == [API]  # the old pair serves
     finally:
         await proxy.stop()
 
