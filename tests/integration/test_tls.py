@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import ssl
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -265,6 +266,17 @@ async def test_reload_of_a_changed_file_new_handshakes_see_it_open_connections_k
         _, config = await proxy.admin("/admin/config")
         [listed] = config["tls"]["certificates"]
         assert listed["names"] == [API, "v2.example.test"] and listed["not_after"].endswith("Z")
+        _, metrics = await proxy.admin("/metrics")
+        expiry = f'mcp_proxy_tls_cert_expiry_timestamp_seconds{{name="{live.cert}"}}'
+        [line] = [line for line in metrics.splitlines() if line.startswith(expiry)]
+        assert float(line.split()[-1]) > time.time() + 300 * 86400  # the new one: a year
+        if shutil.which("promtool"):
+            check = await asyncio.create_subprocess_exec(
+                "promtool", "check", "metrics", stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+            out, _ = await asyncio.wait_for(check.communicate(metrics.encode()), 20)
+            assert check.returncode == 0, out
     finally:
         await proxy.stop()
 
@@ -415,3 +427,19 @@ async def test_sessions_resume(tmp_path: Path, backend: Backend, version: str) -
         assert b"\nReused, " in outputs[1]
     finally:
         await proxy.stop()
+
+
+async def test_a_shutdown_with_handshakes_under_way_and_resets_mid_handshake(
+    tmp_path: Path, backend: Backend
+) -> None:
+    pki = Pki(tmp_path)
+    proxy = await start(tmp_path, tls_config(backend, pki.server(API)))
+    _, reset = await asyncio.open_connection("127.0.0.1", proxy.port)
+    reset.transport.abort()  # gone before its ClientHello
+    await eventually(lambda: proxy.server.tls.failed == 1)
+    _, stalled = await asyncio.open_connection("127.0.0.1", proxy.port)
+    stalled.write(b"\x16\x03\x01\x00\xff\x01")  # half a ClientHello, then nothing
+    await eventually(lambda: len(proxy.server.tls.pending) == 1)
+    await proxy.stop()  # returns although a handshake waits for its bytes
+    stalled.close()
+    assert proxy.server.tls.ok == 0 and not proxy.server.connections
