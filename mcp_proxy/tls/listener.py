@@ -58,13 +58,11 @@ class Connection(Protocol):
     tls: TlsSession | None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
-    def data_received(self, data: bytes) -> None: ...
-    def eof_received(self) -> bool | None: ...
 
 
 class TlsListener:
     """The public listener's TLS: the contexts new handshakes start with, the handshakes under
-    way (a shutdown aborts them), their counts."""
+    way (after a shutdown none makes a connection), their counts."""
 
     def __init__(self, handshakes: Counter, expiry: Gauge) -> None:
         self.contexts: Contexts | None = None  # None: the listener speaks plain HTTP
