@@ -25,6 +25,11 @@ How this works (one request):
                   refresh), pool (idle keep-alive connections per backend), backend (one
                   backend's live state), retry (budget, and when a retry is allowed), tls
                   (one verifying client context per pool, its files, session resumption)
+    tls/          the public listener's TLS: certs (pairs checked: key, chain order, names,
+                  expiry), contexts (one per certificate, chosen by SNI), listener (each
+                  connection's handshake through the loop's TLS protocol, counted, bounded;
+                  only a finished one creates the client connection), session (what a request
+                  learns: version, verified client identity), throwaway (demo/bench CA)
     reload.py     validate, build, warm, swap one reference
     server.py     listeners, start-up and graceful shutdown;  admin.py  the admin endpoints
     metrics.py    every Prometheus collector; tally.py  per-request counts read at scrape time
