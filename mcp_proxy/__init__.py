@@ -23,14 +23,21 @@ How this works (one request):
     upstream/     rtt (peak-EWMA), balancer (lowest_rtt, round_robin, least_request), health
                   (hysteresis, outlier ejection), health_check (probe loops), dns (aiodns
                   refresh), pool (idle keep-alive connections per backend), backend (one
-                  backend's live state), retry (budget, and when a retry is allowed)
+                  backend's live state), retry (budget, and when a retry is allowed), tls
+                  (one verifying client context per pool, its files, session resumption)
+    tls/          the public listener's TLS: certs (pairs checked: key, chain order, names,
+                  expiry), contexts (one per certificate, chosen by SNI), listener (each
+                  connection's handshake through the loop's TLS protocol, counted, bounded;
+                  only a finished one creates the client connection), session (what a request
+                  learns: version, verified client identity), throwaway (demo/bench CA)
     reload.py     validate, build, warm, swap one reference
     server.py     listeners, start-up and graceful shutdown;  admin.py  the admin endpoints
     metrics.py    every Prometheus collector; tally.py  per-request counts read at scrape time
     build.py      which modules run compiled (setup.py: MCP_PROXY_COMPILE=1 compiles the
                   request path with mypyc);  demo.py  `mcp-proxy demo` (demo_stream.py its SSE
                   route);  cli.py  commands
-    config/       model (frozen, typed), load (YAML with line numbers), check (cross-references)
+    config/       model (frozen, typed), load (YAML with line numbers), check (cross-references),
+                  keyfiles/tlsfiles (the files a config names: JWKS, pool TLS certificates)
 
 Decisions live in pure, synchronous objects (router, balancer, health state, admission queue,
 retry budget) with the clock and random generator passed in; the asyncio layer carries them out.

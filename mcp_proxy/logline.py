@@ -90,7 +90,7 @@ class Facts:
     __slots__ = (
         "backend", "bytes_in", "bytes_out", "client", "duration_ms", "klass", "method",
         "path", "pool", "query", "queue_ms", "reason", "request_id", "route", "status",
-        "subject", "traceparent", "upstream_ms",
+        "subject", "tls", "traceparent", "upstream_ms",
     )  # fmt: skip
 
     def __init__(self, request: Request | None, request_id: bytes, status: int) -> None:
@@ -111,6 +111,7 @@ class Facts:
         self.bytes_out = 0
         self.reason: str | None = None
         self.subject: str | None = None
+        self.tls: str | None = None  # the protocol version ("TLSv1.3") on a TLS listener
         self.traceparent = b""
         if request is not None:
             self.client = request.peer.decode() or None
@@ -121,6 +122,7 @@ class Facts:
                 query = _SECRET_PARAMETER.sub(b"\\1<redacted>", query)
             self.query = query.decode("utf-8", "replace")
             self.bytes_in = request.body.received
+            self.tls = request.tls.version if request.tls is not None else None
 
 
 def json_line(facts: Facts, stamp: str, worker: int) -> bytes:
@@ -136,8 +138,9 @@ def json_line(facts: Facts, stamp: str, worker: int) -> bytes:
         f'"backend":{quoted_name(facts.backend)},"class":{quoted_name(facts.klass)},'
         f'"queue_ms":{_number(facts.queue_ms)},"upstream_ms":{_number(facts.upstream_ms)},'
         f'"duration_ms":{_number(facts.duration_ms)},"bytes_in":{facts.bytes_in},'
-        f'"bytes_out":{facts.bytes_out}{reason},"subject":{quoted(facts.subject)},"tls":null,'
-        f'"traceparent":"{facts.traceparent.decode()}","worker":{worker}}}\n'
+        f'"bytes_out":{facts.bytes_out}{reason},"subject":{quoted(facts.subject)},'
+        f'"tls":{quoted_name(facts.tls)},"traceparent":"{facts.traceparent.decode()}",'
+        f'"worker":{worker}}}\n'
     ).encode()
 
 
@@ -150,7 +153,7 @@ def text_line(facts: Facts, stamp: str, worker: int) -> bytes:
         f" class={bare(facts.klass)} queue_ms={_number(facts.queue_ms, '-')}"
         f" upstream_ms={_number(facts.upstream_ms, '-')} ms={_number(facts.duration_ms)}"
         f" in={facts.bytes_in} out={facts.bytes_out} reason={bare(facts.reason)}"
-        f" sub={bare(facts.subject)} tls=- traceparent={facts.traceparent.decode()}"
+        f" sub={bare(facts.subject)} tls={bare(facts.tls)} traceparent={facts.traceparent.decode()}"
         f" worker={worker} id={facts.request_id}\n"
     ).encode("utf-8", "replace")
 

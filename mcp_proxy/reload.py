@@ -44,12 +44,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from mcp_proxy.config import ConfigError, LoadedConfig, load
 from mcp_proxy.runtime import Runtime
+from mcp_proxy.tls.certs import CertificateProblem
+from mcp_proxy.upstream.tls import TlsSettingsError
 
 if TYPE_CHECKING:
     from mcp_proxy.accesslog import AccessLog
     from mcp_proxy.config.model import Config
     from mcp_proxy.metrics import Metrics
     from mcp_proxy.runtime import RuntimeRef
+    from mcp_proxy.tls.contexts import Contexts
+    from mcp_proxy.tls.listener import TlsListener
 
 
 class Host(Protocol):
@@ -62,6 +66,7 @@ class Host(Protocol):
     listen_address: tuple[str, int]
     admin_address: tuple[str, int]
     access_log: AccessLog | None
+    tls: TlsListener
 
     @property
     def runtime(self) -> Runtime: ...
@@ -72,7 +77,7 @@ log = logging.getLogger("mcp_proxy.reload")
 POLL = 0.25
 OLD_SNAPSHOT_GRACE = 300.0  # a snapshot still serving after this long is closed anyway
 SETTINGS = ("limits", "balancer", "health", "auth", "admission", "upstream", "drain_timeout",
-            "access_log")  # fmt: skip
+            "access_log", "tls")  # fmt: skip
 
 Signature = tuple[int, int, int, int] | None
 Result = dict[str, Any]
@@ -135,7 +140,10 @@ class Reloader:
         current = self.server.runtime
         try:
             loaded = await self._read()
+            certificates = await self._certificates(loaded)
             if loaded.version == current.version:
+                if self.server.tls.use(certificates):
+                    return self._new_certificates(current, trigger)
                 return self._unchanged(current, trigger)
             problems = listener_problems(current.config, loaded.config, self._bound())
             if problems:
@@ -145,6 +153,7 @@ class Reloader:
             return self._refuse(error.problems, trigger)
         except Refused as refusal:
             return self._refuse(refusal.problems, trigger)
+        self.server.tls.use(certificates)
         self._swap(current, runtime, trigger, started)
         return {"result": "ok", "version": runtime.version}
 
@@ -152,6 +161,8 @@ class Reloader:
         """A started and warmed snapshot beside `current`; Refused if it cannot serve."""
         try:
             runtime = Runtime(loaded, current.loop, self.server.metrics, previous=current)
+        except TlsSettingsError as exc:  # a pool's TLS file changed again since it was checked
+            raise Refused([str(exc)]) from None
         except Exception as exc:  # validated config: a bug, but never the running config's end
             log.exception("config reload: building the new snapshot failed")
             raise Refused([f"cannot build the new config: {exc!r}"]) from None
@@ -188,6 +199,20 @@ class Reloader:
                  previous.version[:19], runtime.version[:19],
                  describe_changes(previous.config, runtime.config))  # fmt: skip
         self._close_when_idle(previous, frozenset(runtime.backends))
+
+    async def _certificates(self, loaded: LoadedConfig) -> Contexts | None:
+        """The listener's certificates, re-read on every reload: a file may change alone."""
+        try:
+            return await asyncio.to_thread(self.server.tls.prepare, loaded.config.tls)
+        except CertificateProblem as problem:
+            raise Refused([f"tls: {problem}"]) from None
+
+    def _new_certificates(self, current: Runtime, trigger: str) -> Result:
+        self.applied += 1
+        self.server.metrics.reloads.labels("ok").inc()
+        log.info("config reload (%s): new listener certificates, config %s unchanged",
+                 trigger, current.version[:19])  # fmt: skip
+        return {"result": "ok", "version": current.version}
 
     def _unchanged(self, current: Runtime, trigger: str) -> Result:
         self.unchanged += 1

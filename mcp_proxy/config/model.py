@@ -9,6 +9,7 @@ selector that matches nothing, duplicate route names) live in `config.check`; fi
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -115,12 +116,41 @@ class BackendConfig(Frozen):
 
 PoolKind = Literal["on-prem", "private", "public"]
 
+_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9])?")
+
+
+def _host_name(value: str) -> str:
+    if len(value) > 253 or not _HOSTNAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not a host name (the name the backends' certificate has)")
+    return value
+
+
+FilePath = Annotated[StrictStr, Field(min_length=1)]
+
+
+class PoolTls(Frozen):
+    """SPEC "TLS at both edges": how a pool's https backends are verified and who we are to
+    them. The files are read (and re-read on every reload) by `upstream.tls`."""
+
+    ca: FilePath | None = None  # PEM trust anchors; None: the system's
+    cert: FilePath | None = None  # client certificate (mTLS to the backends), chain allowed
+    key: FilePath | None = None
+    # SNI and the name verified; default: each backend URL's host
+    server_name: Annotated[StrictStr, AfterValidator(_host_name)] | None = None
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> PoolTls:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("give cert and key together (the client certificate and its key)")
+        return self
+
 
 class PoolConfig(Frozen):
     kind: PoolKind
     labels: Labels = {}
     cost: NonNegativeFloat = 0.0
     backends: Annotated[tuple[BackendConfig, ...], Field(min_length=1)]
+    tls: PoolTls | None = None  # for this pool's https backends
 
     def matches(self, selector: Mapping[str, str]) -> bool:
         """Does this pool carry every label of a route's `selector`?"""
@@ -294,6 +324,8 @@ class RouteConfig(Frozen):
     priority: Name | None = None
     timeout: PositiveDuration = 30.0
     retries: Annotated[StrictInt, Field(ge=0, le=10)] = 2
+    # required: served only on a connection whose client certificate verified (tls.client_ca)
+    client_cert: Literal["required"] | None = None
 
 
 class UpstreamConfig(Frozen):
@@ -347,6 +379,28 @@ def _access_log(value: object) -> object:
     return {"enabled": value} if isinstance(value, bool) else value
 
 
+class CertificatePair(Frozen):
+    """One certificate (PEM, the chain may follow the leaf) and its private key (PEM)."""
+
+    cert: FilePath
+    key: FilePath
+
+
+class ListenerTls(Frozen):
+    """SPEC "TLS at both edges": present, the public listener speaks TLS only."""
+
+    certificates: Annotated[tuple[CertificatePair, ...], Field(min_length=1)]
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    client_ca: FilePath | None = None
+    client_cert: Literal["optional", "required"] | None = None
+
+    @model_validator(mode="after")
+    def _client_cert_needs_a_ca(self) -> ListenerTls:
+        if self.client_cert is not None and self.client_ca is None:
+            raise ValueError("client_cert needs client_ca (the CA that verifies them)")
+        return self
+
+
 class Config(Frozen):
     listen: Address = ("127.0.0.1", 8080)
     admin: Address = ("127.0.0.1", 9901)
@@ -362,6 +416,7 @@ class Config(Frozen):
     access_log: Annotated[AccessLogConfig, BeforeValidator(_access_log)] = AccessLogConfig()
     trusted_proxies: tuple[Network, ...] = ()  # peers whose X-Forwarded-* are kept
     headers_with_underscores: Literal["drop", "reject", "allow"] = "drop"
+    tls: ListenerTls | None = None  # the public listener's; pools have their own
 
     def is_trusted(self, peer_ip: str) -> bool:
         """May this peer's X-Forwarded-* headers be kept? (See `is_trusted`.)"""
