@@ -224,7 +224,7 @@ class Pipeline:
             )
         backend, flight.stale = flight.stale, None
         if backend is None:
-            backend = route.policy.pick(route.candidates, now, self.rng, flight.tried)
+            backend = route.pick(now, self.rng, flight.tried)
             if backend is None:
                 raise flight.last_error or NoHealthyBackend()
             if flight.last_error is not None:  # a retry counts once it has somewhere to go
@@ -270,6 +270,8 @@ class Pipeline:
                 request.writer.send_continue(request)
             conn.write(head)
             attempt.upload = asyncio.ensure_future(self._upload(attempt, conn))
+        if route.mirror is not None:  # after the original: a copy never goes first (mirror.py)
+            flight.runtime.mirrors.offer(flight, route.mirror)
 
     async def _upload(self, attempt: Attempt, conn: UpstreamConnection) -> None:
         request = attempt.flight.request

@@ -15,8 +15,9 @@ leaves the running snapshot exactly as it was.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,9 +26,20 @@ from typing import TYPE_CHECKING
 from mcp_proxy.admission.gate import AdmissionGate
 from mcp_proxy.auth import Verifier
 from mcp_proxy.config import LoadedConfig
-from mcp_proxy.config.model import BackendConfig, Config, PoolConfig, RouteConfig, ScopesConfig
+from mcp_proxy.config.model import (
+    BackendConfig,
+    Config,
+    PoolConfig,
+    PoolSet,
+    RouteConfig,
+    ScopesConfig,
+    TargetConfig,
+)
 from mcp_proxy.http1.settings import ClientSettings
+from mcp_proxy.mirror import Mirrors, MirrorTarget
+from mcp_proxy.registration import Registrations
 from mcp_proxy.routing import Router
+from mcp_proxy.split import Split
 from mcp_proxy.upstream.backend import Backend
 from mcp_proxy.upstream.balancer import Policy, make_policy
 from mcp_proxy.upstream.dns import DnsRefresher
@@ -53,6 +65,28 @@ class Route:
     timeout: float
     retries: int
     observe_duration: Callable[[float], None] = field(repr=False, default=_ignore)
+    # The pools whose backends are `candidates` (each split side's, in order), kept so that
+    # a registration can refresh the candidate tuples in place.
+    pool_names: tuple[tuple[str, ...], ...] = ()
+    split: Split[Backend] | None = None
+    mirror: MirrorTarget | None = None
+
+    def pick(self, now: float, rng: random.Random, exclude: Container[Backend]) -> Backend | None:
+        """The backend for the next attempt (a split chooses its side first)."""
+        if self.split is None:
+            return self.policy.pick(self.candidates, now, rng, exclude)
+        return self.split.pick(now, rng, exclude)
+
+    def refresh(self, pools: Mapping[str, tuple[Backend, ...]]) -> None:
+        """Recompute the candidate tuples from `pools` (backends registered or removed)."""
+        sides = [tuple(b for name in names for b in pools[name]) for names in self.pool_names]
+        self.candidates = tuple(b for side in sides for b in side)
+        if self.split is not None:
+            self.split.sides = tuple(sides)
+        if self.mirror is not None:
+            self.mirror.candidates = tuple(
+                b for name in self.mirror.pool_names for b in pools[name]
+            )
 
     def __repr__(self) -> str:
         return f"<Route {self.name} candidates={len(self.candidates)} priority={self.priority}>"
@@ -80,6 +114,10 @@ class Runtime:
         self.read_timeout = config.upstream.read_timeout
         self.client_settings = ClientSettings(config)
         self.pools, self._kept = _build_pools(config, loop, previous)
+        self.configured = dict(self.pools)  # the config's own backends, without registered ones
+        # Backends registered at run time, by pool and url (registration.py keeps them in step
+        # with their leases); a reload's snapshot adopts them at the swap (`take_over`).
+        self.registered: dict[str, dict[str, Backend]] = {}
         self.backends = {b.key: b for backends in self.pools.values() for b in backends}
         self.routes = tuple(_build_route(r, config, self.pools, metrics) for r in config.routes)
         self._groups = _route_groups(self.routes)
@@ -125,8 +163,16 @@ class Runtime:
             [b.connections for b in self.backends.values()], config.upstream.dns_refresh, loop=loop
         )
         self.closed = False
+        # Process-wide, carried over by every reload: registrations and mirrored copies.
+        self.registrations: Registrations
+        self.mirrors: Mirrors
         if previous is None:
+            self.registrations = Registrations(loop, metrics.count_registration)
+            self.mirrors = Mirrors(metrics.count_mirror)
+            self.registrations.runtime = self
             self._configure_backends()  # nothing shared: nobody else sees them yet
+        else:
+            self.registrations, self.mirrors = previous.registrations, previous.mirrors
 
     def __repr__(self) -> str:
         return (
@@ -144,6 +190,56 @@ class Runtime:
             previous.owns_verifier = False
             self.owns_verifier = True
         self._configure_backends()
+        self._adopt_registered(previous)
+
+    def _adopt_registered(self, previous: Runtime) -> None:
+        """The registered backends of pools that still allow registration live on here."""
+        for name, pool in self.config.pools.items():
+            configured = {backend.url for backend in self.configured[name]}
+            for url, backend in (
+                previous.registered.get(name, {}).items() if pool.registration else ()
+            ):
+                if url in configured:  # the config lists it now: it is a configured backend
+                    self.registrations.registry.remove(name, url)
+                    continue
+                backend_config = BackendConfig(url=url, weight=backend.weight)
+                backend.reconfigure(pool, backend_config, self.config)
+                self.registered.setdefault(name, {})[url] = backend
+        self.registrations.adopt(self)
+        self._rebuild()
+        self.health.start([b for backends in self.registered.values() for b in backends.values()])
+
+    def add_registered(self, pool: str, url: str, weight: float) -> Backend:
+        """A new registered backend: in its pool's routes at once, probed like the others."""
+        backend_config = BackendConfig(url=url, weight=weight)
+        backend = Backend(pool, self.config.pools[pool], backend_config, self.config, self.loop)
+        self.registered.setdefault(pool, {})[url] = backend
+        self._rebuild()
+        self.health.start([backend])
+        return backend
+
+    def remove_registered(self, pool: str, url: str) -> Backend | None:
+        """Out of every route now; its requests in flight finish, its idle connections close."""
+        backend = self.registered.get(pool, {}).pop(url, None)
+        if backend is None:
+            return None
+        self._rebuild()
+        self.health.forget(backend.key)
+        backend.connections.close()
+        return backend
+
+    def _rebuild(self) -> None:
+        """Pools, backends and route candidates after the registered set changed."""
+        self.pools = {
+            name: backends + tuple(self.registered.get(name, {}).values())
+            for name, backends in self.configured.items()
+        }
+        self.backends = {b.key: b for backends in self.pools.values() for b in backends}
+        for route in self.routes:
+            route.refresh(self.pools)
+        self._groups = _route_groups(self.routes)
+        for key, backend in self.backends.items():
+            backend.groups = self._groups.get(key, [])
 
     def _configure_backends(self) -> None:
         for backend, pool, backend_config in self._kept:
@@ -182,6 +278,9 @@ class Runtime:
         self.closed = True
         await self.health.close()
         await self.dns.close()
+        if self.registrations.runtime is self:  # the last snapshot: the process is stopping
+            self.registrations.close()
+            await self.mirrors.close()
         if self.owns_gate:
             self.gate.close()
         if self.owns_verifier:
@@ -230,24 +329,35 @@ def _keys_carry_over(old: Config, new: Config) -> bool:
 def _build_route(
     route: RouteConfig, config: Config, pools: dict[str, tuple[Backend, ...]], metrics: Metrics
 ) -> Route:
-    if route.to.pools is not None:
-        names = list(route.to.pools)
-    else:
-        selector = route.to.selector or {}
-        names = [name for name, pool in config.pools.items() if pool.matches(selector)]
-    candidates = tuple(backend for name in names for backend in pools[name])
     admission = config.admission
     priority = route.priority or admission.default
-    return Route(
+    split = route.to.split
+    built = Route(
         name=route.name,
-        candidates=candidates,
+        candidates=(),
         policy=make_policy(config.balancer),
         scopes=_scopes(route, config),
         priority=admission.classes.index(priority),
         timeout=route.timeout,
         retries=route.retries,
         observe_duration=metrics.durations.get(route.name).observe,
+        pool_names=tuple(_pool_names(side, config) for side in split or (route.to,)),
     )
+    if split is not None:
+        policies: list[Policy[Backend]] = [make_policy(config.balancer) for _ in split]
+        built.split = Split([side.weight for side in split], [() for _ in split], policies)
+    if route.mirror is not None:
+        names = _pool_names(route.mirror, config)
+        built.mirror = MirrorTarget(names, make_policy(config.balancer), route.mirror.percent)
+    built.refresh(pools)
+    return built
+
+
+def _pool_names(target: PoolSet | TargetConfig, config: Config) -> tuple[str, ...]:
+    if target.pools is not None:
+        return target.pools
+    selector = target.selector or {}
+    return tuple(name for name, pool in config.pools.items() if pool.matches(selector))
 
 
 def _scopes(route: RouteConfig, config: Config) -> frozenset[str] | None:
