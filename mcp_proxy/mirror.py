@@ -44,18 +44,20 @@ MIRROR_FIELD = b"x-mirror: 1\r\n"
 
 
 class Spread:
-    """Takes `percent` % of the calls to `take`, evenly spread (pure)."""
+    """Takes `percent` % of the calls to `take`, evenly spread (pure). Counted in thousandths
+    of a percent, in integers: a float credit would drift (33.3% of 1,000 must be 333)."""
 
-    __slots__ = ("_credit", "percent")
+    __slots__ = ("_credit", "_step", "percent")
 
     def __init__(self, percent: float) -> None:
         self.percent = percent
-        self._credit = 0.0
+        self._step = round(percent * 1000)
+        self._credit = 0
 
     def take(self) -> bool:
-        self._credit += self.percent
-        if self._credit >= 100.0:
-            self._credit -= 100.0
+        self._credit += self._step
+        if self._credit >= 100_000:
+            self._credit -= 100_000
             return True
         return False
 
