@@ -43,11 +43,11 @@ def add_registration_routes(app: web.Application, server: Served) -> None:
 
 async def _json_body(request: web.Request) -> Any:
     try:
-        text = await request.text()
+        data = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise Refusal(413, "the body is over 64 KiB") from None
     try:
-        return json.loads(text)
+        return json.loads(data)  # a bad encoding is a ValueError too
     except (ValueError, RecursionError):
         raise Refusal(400, "the body is not JSON") from None
 
