@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +97,7 @@ async def proxy(tmp_path: Path, fixed: Backend) -> AsyncIterator[Proxy]:
 async def admin(
     proxy: Proxy, method: str, path: str, body: Any = None, *, bearer: str | None = None,
     headers: dict[str, str] | None = None, raw: bytes | None = None,
-) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:  # fmt: skip
+) -> tuple[int, Any, Mapping[str, str]]:  # fmt: skip
     all_headers = dict(headers or {})
     if bearer is not None:
         all_headers["Authorization"] = f"Bearer {bearer}"
@@ -119,7 +119,10 @@ def register_body(backend: Backend, ttl: Any = "10s", **extra: Any) -> dict[str,
 
 
 def listed(document: dict[str, Any], pool: str) -> list[dict[str, Any]]:
-    return next(p for p in document["pools"] if p["name"] == pool)["backends"]
+    backends: list[dict[str, Any]] = next(p for p in document["pools"] if p["name"] == pool)[
+        "backends"
+    ]
+    return backends
 
 
 async def cloud_status(proxy: Proxy) -> tuple[int, str]:
