@@ -65,12 +65,16 @@ def config(ports: dict[str, int]) -> dict[str, Any]:
 def processes(ports: dict[str, int], folder: Path) -> Iterator[subprocess.Popen[bytes]]:
     path = folder / "proxy.yaml"
     path.write_text(yaml.safe_dump(config(ports), sort_keys=False))
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    quiet = subprocess.DEVNULL
     started = [
-        subprocess.Popen([sys.executable, "-m", "bench.backend", "--port", str(port)], **quiet)
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.backend", "--port", str(port)], stdout=quiet, stderr=quiet
+        )
         for port in (ports["backend"], ports["mirror"])
     ]
-    proxy = subprocess.Popen([sys.executable, "-m", "mcp_proxy", "run", "-c", str(path)], **quiet)
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "mcp_proxy", "run", "-c", str(path)], stdout=quiet, stderr=quiet
+    )
     started.append(proxy)
     try:
         yield proxy

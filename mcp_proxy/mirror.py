@@ -94,24 +94,30 @@ def copy_of(flight: Flight, host_line: bytes) -> bytes | None:
 
 
 class Mirrors:
-    """The process's mirrored copies in flight (carried across reloads, like the gate)."""
+    """The process's mirrored copies in flight (carried across reloads, like the gate).
+
+    A copy on an idle pooled connection runs on the connection's callbacks alone, as the
+    data path does (no task, no future): it costs the client's request as little as can be.
+    Only a copy that must open a connection waits for it in a task."""
 
     def __init__(self, count: Callable[[str], None]) -> None:
         self.count = count  # mcp_proxy_mirror_total{result}
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.copies: set[_Copy] = set()
+        self.connecting: set[asyncio.Task[None]] = set()
         self.rng = random.Random()
 
     def __repr__(self) -> str:
-        return f"<Mirrors inflight={len(self.tasks)}>"
+        return f"<Mirrors inflight={len(self.copies)}>"
 
     def offer(self, flight: Flight, target: MirrorTarget) -> None:
         """After the original was written: maybe send a copy of it."""
         if flight.last_error is not None or not target.spread.take():
             return  # a retry of an original already offered, or not its turn
-        if len(self.tasks) >= MAX_INFLIGHT:
+        if len(self.copies) >= MAX_INFLIGHT:
             self.count("dropped")
             return
-        backend = target.policy.pick(target.candidates, monotonic(), self.rng)
+        now = monotonic()
+        backend = target.policy.pick(target.candidates, now, self.rng)
         if backend is None:
             self.count("failed")
             return
@@ -119,37 +125,59 @@ class Mirrors:
         if data is None:
             return  # a body too big to copy: not a copy that failed, one never made
         assert flight.route is not None
+        copy = _Copy(self, backend, data, flight.request.method == "HEAD")
         timeout = min(MAX_TIME, flight.route.timeout)
-        head_only = flight.request.method == "HEAD"
-        task = asyncio.ensure_future(self._send(backend, data, head_only, timeout))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _send(self, backend: Backend, data: bytes, head_only: bool, timeout: float) -> None:
-        backend.inflight += 1
-        ok = False
-        try:
-            async with asyncio.timeout(timeout):
-                conn = await backend.connections.acquire()
-                ok = await _exchange(conn, data, head_only, timeout)
-        except (ProxyError, TimeoutError, OSError) as error:
-            log.debug("mirror copy to %s failed: %s", backend.url, error or type(error).__name__)
-        finally:
-            backend.inflight -= 1
-        self.count("sent" if ok else "failed")
+        conn = backend.connections.take_idle(now)
+        if conn is not None:
+            copy.send(conn, timeout)
+            return
+        task = asyncio.ensure_future(copy.connect(timeout))
+        self.connecting.add(task)
+        task.add_done_callback(self.connecting.discard)
 
     async def close(self) -> None:
-        for task in self.tasks:
+        for task in self.connecting:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*self.connecting, return_exceptions=True)
+        for copy in list(self.copies):
+            copy.finish(False)
 
 
-class _Discard:
-    """Listens to a copy's exchange: its status, and the end of its body (discarded)."""
+class _Copy:
+    """One copy: sent, its answer read to the end and discarded, counted once."""
 
-    def __init__(self, conn: UpstreamConnection) -> None:
+    __slots__ = ("backend", "conn", "data", "head_only", "mirrors", "status", "timer")
+
+    def __init__(self, mirrors: Mirrors, backend: Backend, data: bytes, head_only: bool) -> None:
+        self.mirrors = mirrors
+        self.backend = backend
+        self.data = data
+        self.head_only = head_only
+        self.conn: UpstreamConnection | None = None
+        self.timer: asyncio.TimerHandle | None = None
         self.status = 0
-        self.done: asyncio.Future[None] = conn.loop.create_future()
+        mirrors.copies.add(self)
+        backend.inflight += 1
+
+    async def connect(self, timeout: float) -> None:
+        started = monotonic()
+        try:
+            conn = await self.backend.connections.connect()
+        except ProxyError as error:
+            log.debug("mirror copy to %s: %s", self.backend.url, error)
+            self.finish(False)
+            return
+        except BaseException:
+            self.finish(False)  # cancelled at shutdown
+            raise
+        self.send(conn, max(0.001, timeout - (monotonic() - started)))
+
+    def send(self, conn: UpstreamConnection, timeout: float) -> None:
+        """The whole copy bounded by `timeout`, its head by it too (the connection's timer)."""
+        self.conn = conn
+        self.timer = conn.loop.call_later(timeout, self.finish, False)
+        conn.begin(self, head_only=self.head_only, timeout=timeout, read_timeout=timeout)
+        conn.write(self.data)
 
     def on_head(self, response: ResponseHead) -> None:
         self.status = response.status
@@ -158,21 +186,24 @@ class _Discard:
         return None
 
     def on_read_end(self, complete: bool) -> None:
-        if complete and not self.done.done():
-            self.done.set_result(None)
+        if complete:
+            self.finish(self.status < 500)
 
     def on_error(self, error: ProxyError) -> None:
-        if not self.done.done():
-            self.done.set_exception(error)
+        self.finish(False)
 
-
-async def _exchange(conn: UpstreamConnection, data: bytes, head_only: bool, timeout: float) -> bool:
-    """Send one copy, read its answer to the end; True when the mirror answered below 500."""
-    listener = _Discard(conn)
-    try:
-        conn.begin(listener, head_only=head_only, timeout=timeout, read_timeout=timeout)
-        conn.write(data)
-        await listener.done
-        return listener.status < 500
-    finally:
-        conn.release()  # back to the pool only if the exchange ended cleanly
+    def finish(self, ok: bool) -> None:
+        """Once: the connection back to the pool if the exchange ended cleanly, else closed."""
+        mirrors = self.mirrors
+        if self not in mirrors.copies:
+            return
+        mirrors.copies.discard(self)
+        self.backend.inflight -= 1
+        if self.timer is not None:
+            self.timer.cancel()
+        conn = self.conn
+        if conn is not None:
+            if not ok:
+                conn.abort()
+            conn.release()
+        mirrors.count("sent" if ok else "failed")
