@@ -100,7 +100,7 @@ def test_a_bad_body_is_one_readable_line(body: object, says: str) -> None:
 def test_a_renewal_skips_the_url_parse_but_not_the_weight_and_ttl_checks() -> None:
     known = {URL}
     assert parse_lease_request({"url": URL, "ttl": 10, "weight": 2}, known) == (URL, 2.0, 10.0)
-    for bad in ({"url": URL, "ttl": 10, "weight": True}, {"url": URL, "ttl": 10, "weight": 2000},
+    for bad in ({"url": URL, "ttl": 10, "weight": "heavy"}, {"url": URL, "ttl": 10, "weight": 2000},
                 {"url": URL, "ttl": 10, "weight": float("nan")}, {"url": URL, "ttl": 0}):  # fmt: skip
         with pytest.raises(Refusal):
             parse_lease_request(bad, known)
