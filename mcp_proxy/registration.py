@@ -159,9 +159,10 @@ class Registrations:
             self.count(lease.pool, "dropped")
             log.warning("backend %s dropped: pool %s no longer allows registration",
                         lease.url, lease.pool)  # fmt: skip
-        for pool, backends in runtime.registered.items():
-            for url in [url for url in backends if self.registry.lease(pool, url) is None]:
-                runtime.remove_registered(pool, url)  # expired while the reload was built
+        runtime.remove_many(  # expired while the reload was built
+            [(pool, url) for pool, backends in runtime.registered.items() for url in backends
+             if self.registry.lease(pool, url) is None]
+        )  # fmt: skip
 
     # -- expiry: one timer for all leases ------------------------------------------------------
     def _arm(self) -> None:
@@ -175,10 +176,10 @@ class Registrations:
 
     def _sweep(self) -> None:
         self._timer = None
-        runtime = self.runtime
-        for lease in self.registry.expire(self.now()):
-            if runtime is not None:
-                runtime.remove_registered(lease.pool, lease.url)
+        expired = self.registry.expire(self.now())
+        if self.runtime is not None:
+            self.runtime.remove_many([(lease.pool, lease.url) for lease in expired])
+        for lease in expired:
             self.count(lease.pool, "expired")
             log.warning("backend %s (pool %s) expired: not renewed within %gs",
                         lease.url, lease.pool, lease.ttl)  # fmt: skip

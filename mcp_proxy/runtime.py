@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -220,13 +220,18 @@ class Runtime:
 
     def remove_registered(self, pool: str, url: str) -> Backend | None:
         """Out of every route now; its requests in flight finish, its idle connections close."""
-        backend = self.registered.get(pool, {}).pop(url, None)
-        if backend is None:
-            return None
-        self._rebuild()
-        self.health.forget(backend.key)
-        backend.connections.close()
-        return backend
+        removed = self.remove_many([(pool, url)])
+        return removed[0] if removed else None
+
+    def remove_many(self, keys: Iterable[tuple[str, str]]) -> list[Backend]:
+        """`remove_registered` for many at once (an expiry sweep): one rebuild for all."""
+        removed = [b for pool, url in keys if (b := self.registered.get(pool, {}).pop(url, None))]
+        if removed:
+            self._rebuild()
+        for backend in removed:
+            self.health.forget(backend.key)
+            backend.connections.close()
+        return removed
 
     def _rebuild(self) -> None:
         """Pools, backends and route candidates after the registered set changed."""
