@@ -354,3 +354,27 @@ async def test_sidecar_exits_2_on_a_final_refusal(proxy: Proxy, joiner: Backend)
     _, stderr = await asyncio.wait_for(process.communicate(), 10)
     assert process.returncode == 2
     assert b"registration refused: 401" in stderr and b"Traceback" not in stderr
+
+
+async def test_a_registered_backend_is_health_checked_like_a_configured_one(
+    proxy: Proxy, joiner: Backend
+) -> None:
+    joiner.health_status = 503
+    status, _, _ = await admin(
+        proxy, "PUT", "/admin/pools/cloud/backends", register_body(joiner), bearer=token(SCOPE)
+    )
+    assert status == 200
+
+    async def marked_down() -> bool:
+        _, backends, _ = await admin(proxy, "GET", "/admin/backends")
+        return listed(backends, "cloud")[0]["healthy"] is False
+
+    await eventually(marked_down, timeout=5)
+    seen = joiner.count()
+    assert (await cloud_status(proxy))[0] == 503 and joiner.count() == seen
+    joiner.health_status = 200
+
+    async def served() -> bool:
+        return await cloud_status(proxy) == (200, "joiner")
+
+    await eventually(served, timeout=5)
