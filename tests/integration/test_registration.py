@@ -378,3 +378,40 @@ async def test_a_registered_backend_is_health_checked_like_a_configured_one(
         return await cloud_status(proxy) == (200, "joiner")
 
     await eventually(served, timeout=5)
+
+
+async def test_registrations_made_while_a_reload_is_built_are_kept(
+    proxy: Proxy, fixed: Backend, joiner: Backend
+) -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # never answered: the new snapshot's probe hangs
+
+    silent = await asyncio.start_server(hold, "127.0.0.1", 0)
+    silent_port = silent.sockets[0].getsockname()[1]
+    bearer = token(SCOPE)
+    try:
+        changed = proxy_config(fixed)
+        changed["pools"]["slow"] = {
+            "kind": "private", "backends": [{"url": f"http://127.0.0.1:{silent_port}"}]
+        }  # fmt: skip
+        proxy.write_config(changed)
+        reloader = proxy.server.reloader
+        assert reloader is not None
+        reload = asyncio.ensure_future(admin(proxy, "POST", "/admin/reload", bearer=bearer))
+        await eventually(reloader.lock.locked, timeout=5)
+        status, _, _ = await admin(
+            proxy, "PUT", "/admin/pools/cloud/backends", register_body(joiner), bearer=bearer
+        )
+        assert status == 200
+        status, document, _ = await reload
+        assert status == 200 and document["result"] == "ok"
+        _, backends, _ = await admin(proxy, "GET", "/admin/backends")
+        assert [b["url"] for b in listed(backends, "cloud")] == [joiner.url]
+        assert await cloud_status(proxy) == (200, "joiner")
+    finally:
+        for writer in held:
+            writer.close()
+        silent.close()
+        await silent.wait_closed()
