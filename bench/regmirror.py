@@ -18,8 +18,9 @@ import argparse
 import asyncio
 import contextlib
 import json
-import statistics
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,12 +32,38 @@ from typing import Any
 import aiohttp
 import yaml
 
+from bench.configs import _nginx_http_common, _nginx_main
+
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def nginx_conf(folder: Path, ports: dict[str, int]) -> str:
+    """nginx with the same two routes: `/plain`, and `/mirrored` copied by its `mirror`."""
+    upstreams = "\n".join(
+        f"  upstream {name} {{ server 127.0.0.1:{ports[name]}; keepalive 64; }}"
+        for name in ("backend", "mirror")
+    )
+    proxy = 'proxy_http_version 1.1; proxy_set_header Connection "";'
+    return (
+        _nginx_main(folder)
+        + f"""
+http {{
+  {_nginx_http_common(folder)}
+{upstreams}
+  server {{
+    listen 127.0.0.1:{ports["nginx"]};
+    location = /copy {{ internal; proxy_pass http://mirror$request_uri; {proxy} }}
+    location /mirrored {{ mirror /copy; proxy_pass http://backend; {proxy} }}
+    location / {{ proxy_pass http://backend; {proxy} }}
+  }}
+}}
+"""
+    )
 
 
 def config(ports: dict[str, int]) -> dict[str, Any]:
@@ -77,6 +104,10 @@ def processes(ports: dict[str, int], folder: Path) -> Iterator[subprocess.Popen[
         [sys.executable, "-m", "mcp_proxy", "run", "-c", str(path)], stdout=quiet, stderr=quiet
     )
     started.append(proxy)
+    if shutil.which("nginx") and "nginx" in ports:  # the reference, in the same run
+        (folder / "nginx.conf").write_text(nginx_conf(folder, ports))
+        nginx = ["nginx", "-p", str(folder), "-c", str(folder / "nginx.conf")]
+        started.append(subprocess.Popen(nginx, stdout=quiet, stderr=quiet))
     try:
         yield proxy
     finally:
@@ -134,10 +165,23 @@ async def renewals(admin: str, pid: int, count: int, seconds: float) -> dict[str
 def openloop(port: int, path: str, rate: float, duration: float) -> dict[str, Any]:
     command = [sys.executable, "-m", "bench.openloop", "--url", f"http://127.0.0.1:{port}",
                "--rate", str(rate), "--duration", str(duration), "--mix", f"{path}=1"]  # fmt: skip
-    result: dict[str, Any] = json.loads(
-        subprocess.run(command, capture_output=True, check=True).stdout
-    )
+    done = subprocess.run(command, capture_output=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.openloop failed: {done.stderr.decode()[-500:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+def mirror_runs(port: int, args: argparse.Namespace) -> dict[str, Any]:
+    """p99 of `/plain` and `/mirrored` in alternation; the change of the median p99."""
+    runs: dict[str, list[float]] = {"plain": [], "mirrored": []}
+    for _ in range(args.rounds):
+        for name, p99s in runs.items():
+            result = openloop(port, f"/{name}", args.rate, args.duration)
+            p99s.append(round(result["latency_us"]["p99"], 1))
+    median = {name: statistics.median(p99s) for name, p99s in runs.items()}
+    change = round(100 * (median["mirrored"] / median["plain"] - 1), 1)
+    return {"rate": args.rate, "p99_us": runs, "median_p99_change_pct": change}
 
 
 def main() -> int:
@@ -149,23 +193,16 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="renewal window")
     args = parser.parse_args()
     base = args.port_base
-    ports = {"proxy": base, "admin": base + 1, "backend": base + 2, "mirror": base + 3}
+    ports = {"proxy": base, "admin": base + 1, "backend": base + 2, "mirror": base + 3,
+             "nginx": base + 4}  # fmt: skip
     admin = f"http://127.0.0.1:{ports['admin']}"
     with tempfile.TemporaryDirectory() as folder, processes(ports, Path(folder)) as proxy:
         asyncio.run(wait_ready(admin))
         report: dict[str, Any] = {"registration": asyncio.run(
             renewals(admin, proxy.pid, 1000, args.seconds))}  # fmt: skip
-        runs: dict[str, list[float]] = {"plain": [], "mirrored": []}
-        for _ in range(args.rounds):
-            for name, p99s in runs.items():
-                result = openloop(ports["proxy"], f"/{name}", args.rate, args.duration)
-                p99s.append(round(result["latency_us"]["p99"], 1))
         if args.rounds:
-            best = {name: statistics.median(p99s) for name, p99s in runs.items()}
-            report["mirror"] = {
-                "rate": args.rate, "p99_us": runs,
-                "median_p99_change_pct": round(100 * (best["mirrored"] / best["plain"] - 1), 1),
-            }  # fmt: skip
+            targets = ("proxy", "nginx") if shutil.which("nginx") else ("proxy",)
+            report["mirror"] = {target: mirror_runs(ports[target], args) for target in targets}
     print(json.dumps(report, indent=1))
     return 0
 

@@ -15,9 +15,10 @@ leaves the running snapshot exactly as it was.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Callable, Collection, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,16 +78,21 @@ class Route:
             return self.policy.pick(self.candidates, now, rng, exclude)
         return self.split.pick(now, rng, exclude)
 
+    def names(self, pools: Collection[str], mirror: bool = True) -> bool:
+        """Are any of `pools` among this route's candidates (or its mirror's)?"""
+        mirrored = self.mirror.pool_names if mirror and self.mirror is not None else ()
+        return any(n in pools for side in self.pool_names for n in side) or any(
+            n in pools for n in mirrored
+        )
+
     def refresh(self, pools: Mapping[str, tuple[Backend, ...]]) -> None:
         """Recompute the candidate tuples from `pools` (backends registered or removed)."""
-        sides = [tuple(b for name in names for b in pools[name]) for names in self.pool_names]
-        self.candidates = tuple(b for side in sides for b in side)
+        sides = [_chain(pools[name] for name in names) for names in self.pool_names]
+        self.candidates = _chain(sides)
         if self.split is not None:
             self.split.sides = tuple(sides)
         if self.mirror is not None:
-            self.mirror.candidates = tuple(
-                b for name in self.mirror.pool_names for b in pools[name]
-            )
+            self.mirror.candidates = _chain(pools[name] for name in self.mirror.pool_names)
 
     def __repr__(self) -> str:
         return f"<Route {self.name} candidates={len(self.candidates)} priority={self.priority}>"
@@ -214,7 +220,8 @@ class Runtime:
         backend_config = BackendConfig(url=url, weight=weight)
         backend = Backend(pool, self.config.pools[pool], backend_config, self.config, self.loop)
         self.registered.setdefault(pool, {})[url] = backend
-        self._rebuild()
+        self.backends[backend.key] = backend
+        self._rebuild((pool,))
         self.health.start([backend])
         return backend
 
@@ -226,25 +233,33 @@ class Runtime:
     def remove_many(self, keys: Iterable[tuple[str, str]]) -> list[Backend]:
         """`remove_registered` for many at once (an expiry sweep): one rebuild for all."""
         removed = [b for pool, url in keys if (b := self.registered.get(pool, {}).pop(url, None))]
+        for backend in removed:
+            del self.backends[backend.key]
         if removed:
-            self._rebuild()
+            self._rebuild({backend.pool for backend in removed})
         for backend in removed:
             self.health.forget(backend.key)
             backend.connections.close()
         return removed
 
-    def _rebuild(self) -> None:
-        """Pools, backends and route candidates after the registered set changed."""
-        self.pools = {
-            name: backends + tuple(self.registered.get(name, {}).values())
-            for name, backends in self.configured.items()
-        }
-        self.backends = {b.key: b for backends in self.pools.values() for b in backends}
-        for route in self.routes:
+    def _rebuild(self, changed: Collection[str] = ()) -> None:
+        """Pools and route candidates after the registered set changed: of the `changed`
+        pools and the routes that name them only (a registration costs O(those routes)), or
+        of everything when none are named."""
+        for name in changed or self.configured:
+            self.pools[name] = self.configured[name] + tuple(self.registered.get(name, {}).values())
+        if not changed:
+            self.backends = {b.key: b for backends in self.pools.values() for b in backends}
+        touched = [route for route in self.routes if not changed or route.names(changed)]
+        for route in touched:
             route.refresh(self.pools)
-        self._groups = _route_groups(self.routes)
-        for key, backend in self.backends.items():
-            backend.groups = self._groups.get(key, [])
+        # Every backend of a touched route: its groups are the candidate tuples of its pool's
+        # routes (one list per pool, shared: it is only read).
+        regroup = {name for route in touched for side in route.pool_names for name in side}
+        for name in regroup:
+            groups = [r.candidates for r in self.routes if r.names((name,), mirror=False)]
+            for backend in self.pools[name]:
+                backend.groups = groups
 
     def _configure_backends(self) -> None:
         for backend, pool, backend_config in self._kept:
@@ -317,6 +332,10 @@ def _build_pools(
             backends.append(backend)
         pools[name] = tuple(backends)
     return pools, kept
+
+
+def _chain(parts: Iterable[tuple[Backend, ...]]) -> tuple[Backend, ...]:
+    return tuple(itertools.chain.from_iterable(parts))
 
 
 def _route_groups(routes: tuple[Route, ...]) -> dict[tuple[str, str], list[tuple[Backend, ...]]]:
