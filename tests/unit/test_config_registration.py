@@ -112,3 +112,18 @@ def test_admin_auth_needs_an_issuer_and_a_scope_token() -> None:
             'admin_auth: {scope: "two words"}\nroutes: [{name: r, to: {pools: [a]}}]\n'
         )
     )
+
+
+def test_mcp_proxy_check_refuses_an_admin_beyond_loopback_without_admin_auth(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcp_proxy.cli import check
+
+    monkeypatch.setenv("ADMIN_SECRET", "x" * 40)
+    path = tmp_path / "proxy.yaml"
+    path.write_text(BASE + 'admin: "0.0.0.0:9901"\nroutes: [{name: r, to: {pools: [a]}}]\n')
+    assert check(str(path)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "admin: 0.0.0.0 is beyond loopback: set admin_auth" in err[0]
+    path.write_text(path.read_text() + "admin_auth: {scope: mcp-proxy:admin}\n")
+    assert check(str(path)) == 0
