@@ -191,3 +191,45 @@ async def test_a_mirror_that_never_answers_is_cut_at_its_timeout(
     finally:
         mirror.release.set()
         await proxy.stop()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",  # cut short, then closed
+        b"NOT HTTP AT ALL\r\n\r\n",  # garbage
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",  # lying framing
+    ],
+)
+async def test_a_lying_mirror_changes_nothing_and_counts_failed(
+    tmp_path: Path, backends: dict[str, Backend], answer: bytes
+) -> None:
+    async def lie(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    liar = await asyncio.start_server(lie, "127.0.0.1", 0)
+    port = liar.sockets[0].getsockname()[1]
+    routed = mirror_config(backends)
+    routed["pools"]["mirror"]["backends"] = [{"url": f"http://127.0.0.1:{port}"}]
+    routed["health"] = {**HEALTH, "interval": "1h"}  # probes would mark the liar down
+    proxy = await Proxy.start(tmp_path, routed)
+    try:
+        await get_timed(proxy, 10)
+
+        async def failed() -> bool:
+            metrics = (await proxy.admin("/metrics"))[1]
+            return 'mcp_proxy_mirror_total{result="failed"} 10.0' in metrics
+
+        await eventually(failed, timeout=5)
+        pool = proxy.server.runtime.pools["mirror"][0].connections
+        assert pool.idle == []  # a connection in an unknown state is never reused
+    finally:
+        await proxy.stop()
+        liar.close()
+        await liar.wait_closed()
