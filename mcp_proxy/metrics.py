@@ -66,6 +66,9 @@ class Metrics:
             "mcp_proxy_jwks_fetches", "JWKS fetches from identity providers, by result.",
             ["issuer", "result"], registry=r,
         )  # fmt: skip
+        self.tunnels = Gauge(
+            "mcp_proxy_tunnels_active", "Open WebSocket tunnels, by route.", ["route"], registry=r
+        )
         self.retries = Counter(
             "mcp_proxy_upstream_retries", "Requests sent again to another backend.", registry=r
         )
@@ -77,10 +80,18 @@ class Metrics:
             "mcp_proxy_mirror", "Mirrored copies, by result (sent, failed, dropped).", ["result"],
             registry=r,
         )  # fmt: skip
+        self.tls_handshakes = Counter(
+            "mcp_proxy_tls_handshakes", "TLS handshakes, by listener and result.",
+            ["listener", "result"], registry=r,
+        )  # fmt: skip
+        self.tls_cert_expiry = Gauge(
+            "mcp_proxy_tls_cert_expiry_timestamp_seconds",
+            "When each certificate in use expires (Unix time), by its file.", ["name"], registry=r,
+        )  # fmt: skip
         # Each reason's increment, looked up once (`labels()` takes a lock and builds a key).
+        reasons = ("auth", "forbidden", "queue_full", "queue_timeout", "no_backend", "tunnels_full")
         self.count_rejected: dict[str, Callable[[], None]] = {
-            reason: self.rejected.labels(reason).inc
-            for reason in ("auth", "forbidden", "queue_full", "queue_timeout", "no_backend")
+            reason: self.rejected.labels(reason).inc for reason in reasons
         }
         for result in ("ok", "refused"):
             self.reloads.labels(result)

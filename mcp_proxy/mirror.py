@@ -111,8 +111,10 @@ class Mirrors:
 
     def offer(self, flight: Flight, target: MirrorTarget) -> None:
         """After the original was written: maybe send a copy of it."""
-        if flight.last_error is not None or not target.spread.take():
-            return  # a retry of an original already offered, or not its turn
+        if flight.last_error is not None or flight.request.websocket:
+            return  # a retry of an original already offered; a tunnel is never copied
+        if not target.spread.take():
+            return
         if len(self.copies) >= MAX_INFLIGHT:
             self.count("dropped")
             return

@@ -66,6 +66,7 @@ class Route:
     timeout: float
     retries: int
     observe_duration: Callable[[float], None] = field(repr=False, default=_ignore)
+    client_cert: bool = False  # a verified client certificate is required (else 403)
     # The pools whose backends are `candidates` (each split side's, in order), kept so that
     # a registration can refresh the candidate tuples in place.
     pool_names: tuple[tuple[str, ...], ...] = ()
@@ -366,6 +367,7 @@ def _build_route(
         retries=route.retries,
         observe_duration=metrics.durations.get(route.name).observe,
         pool_names=tuple(_pool_names(side, config) for side in split or (route.to,)),
+        client_cert=route.client_cert == "required",
     )
     if split is not None:
         policies: list[Policy[Backend]] = [make_policy(config.balancer) for _ in split]

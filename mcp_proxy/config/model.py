@@ -73,6 +73,8 @@ class Limits(Frozen):
     min_rate: Size = 256  # bytes/s a body or response must move, over 10s windows; 0: off
     lingering_time: Duration = 5.0  # how long to read and discard after an early answer
     request_buffer: Size = 64 * 1024  # bodies up to this are read whole before admission
+    tunnel_idle_timeout: PositiveDuration = 3600.0  # a WebSocket tunnel with no byte either way
+    max_tunnels: PositiveInt = 10000  # open WebSocket tunnels per worker; past it, 503
 
 
 def _check_backend_url(url: str) -> str:
@@ -323,6 +325,8 @@ class RouteConfig(Frozen):
     timeout: PositiveDuration = 30.0
     retries: Annotated[StrictInt, Field(ge=0, le=10)] = 2
     mirror: Mirror | None = None
+    # required: served only on a connection whose client certificate verified (tls.client_ca)
+    client_cert: Literal["required"] | None = None
 
 
 class UpstreamConfig(Frozen):
@@ -376,6 +380,31 @@ def _access_log(value: object) -> object:
     return {"enabled": value} if isinstance(value, bool) else value
 
 
+FilePath = Annotated[StrictStr, Field(min_length=1)]
+
+
+class CertificatePair(Frozen):
+    """One certificate (PEM, the chain may follow the leaf) and its private key (PEM)."""
+
+    cert: FilePath
+    key: FilePath
+
+
+class ListenerTls(Frozen):
+    """SPEC "TLS at both edges": present, the public listener speaks TLS only."""
+
+    certificates: Annotated[tuple[CertificatePair, ...], Field(min_length=1)]
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    client_ca: FilePath | None = None
+    client_cert: Literal["optional", "required"] | None = None
+
+    @model_validator(mode="after")
+    def _client_cert_needs_a_ca(self) -> ListenerTls:
+        if self.client_cert is not None and self.client_ca is None:
+            raise ValueError("client_cert needs client_ca (the CA that verifies them)")
+        return self
+
+
 class AdminAuth(Frozen):
     """`admin_auth`: admin writes (POST/PUT/DELETE) need a token from auth.issuers with it."""
 
@@ -401,6 +430,7 @@ class Config(Frozen):
     trusted_proxies: tuple[Network, ...] = ()  # peers whose X-Forwarded-* are kept
     headers_with_underscores: Literal["drop", "reject", "allow"] = "drop"
     admin_auth: AdminAuth | None = None
+    tls: ListenerTls | None = None  # the public listener's; pools have their own
 
     def is_trusted(self, peer_ip: str) -> bool:
         """May this peer's X-Forwarded-* headers be kept? (See `is_trusted`.)"""

@@ -35,6 +35,7 @@ from mcp_proxy.http1.pace import RATE_WINDOW, RateWindow
 
 if TYPE_CHECKING:
     from mcp_proxy.http1.settings import ClientSettings
+    from mcp_proxy.tls.session import TlsSession
 
 IDLE: Final = 0
 WAITING: Final = 1
@@ -61,6 +62,8 @@ class Owner(Protocol):
 
     def finished(self, request: Request) -> None: ...
     def abort(self) -> None: ...
+    def take_over(self, protocol: asyncio.Protocol) -> tuple[asyncio.Transport, bytes]: ...
+    def connection_lost(self, exc: Exception | None) -> None: ...
 
 
 class Producer(Protocol):
@@ -95,9 +98,12 @@ class Request:
         "request_id",
         "started",
         "target",
+        "tls",
         "traceparent",
         "trusted",
+        "upgrade",
         "version",
+        "websocket",
         "writer",
     )
 
@@ -105,6 +111,7 @@ class Request:
         self.writer = writer  # the one writer of its response (and of the connection's)
         self.peer = peer  # the client's address, as X-Forwarded-For ends with it
         self.trusted = trusted  # the peer is in trusted_proxies
+        self.tls: TlsSession | None = None  # its connection's TLS; None on plain HTTP
         self.method = ""
         self.method_bytes = b""  # as received: what goes upstream
         self.target = b""
@@ -126,6 +133,8 @@ class Request:
         self.body = body  # the connection's empty body until a body is announced
         self.has_body = False
         self.flight: object = None  # the pipeline's state for this request
+        self.upgrade: bytes | None = None  # the Upgrade header, as sent
+        self.websocket = False  # a valid WebSocket upgrade (head.check_websocket)
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target!r} id={self.request_id!r}>"
