@@ -124,7 +124,10 @@ def resolve(base_dir: Path, value: str) -> Path:
 
 
 def has_https(pool: PoolConfig) -> bool:
-    return any(backend.scheme == "https" for backend in pool.backends)
+    """Whether the pool's TLS settings are used: an https backend, or a `tls` block on a pool
+    that takes registrations (its https backends may come at run time)."""
+    registered = pool.registration and pool.tls is not None
+    return registered or any(backend.scheme == "https" for backend in pool.backends)
 
 
 def pool_contexts(
