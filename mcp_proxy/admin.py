@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from mcp_proxy.admin_auth import write_guard
+from mcp_proxy.admin_registration import add_registration_routes, registration_fields
+
 if TYPE_CHECKING:
     from mcp_proxy.metrics import Metrics
     from mcp_proxy.runtime import Runtime, RuntimeRef
@@ -63,13 +66,14 @@ def make_admin_app(server: Served, reloader: Reloads) -> web.Application:
         status = 422 if result["result"] == "refused" else 200
         return web.json_response(result, status=status)
 
-    app = web.Application()
+    app = web.Application(middlewares=[write_guard(server)], client_max_size=64 * 1024)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/admin/backends", backends)
     app.router.add_get("/admin/config", config)
     app.router.add_post("/admin/reload", reload)
+    add_registration_routes(app, server)
     return app
 
 
@@ -93,6 +97,7 @@ def backends_document(server: Served) -> dict[str, Any]:
                         "rtt_ms": round(backend.rtt.cost_at(now) * 1000, 3),
                         "inflight": backend.inflight,
                         "weight": backend.weight,
+                        **registration_fields(runtime, name, backend.url),
                     }
                     for backend in runtime.pools[name]
                 ],

@@ -1,4 +1,4 @@
-"""Commands: run, check, demo, token. Errors a user can make are one line each, exit 2."""
+"""Commands: run, check, demo, token, register. Errors a user can make are one line each, exit 2."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mcp_proxy.demo import run_demo
 
         return run_demo(args)
+    if command == "register":
+        from mcp_proxy.register import run_register_command
+
+        return run_register_command(args)
     from mcp_proxy.auth.mint import run_token_command
 
     return run_token_command(args)
@@ -53,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     from mcp_proxy.auth.mint import add_token_arguments
 
     add_token_arguments(token_cmd)
+    from mcp_proxy.register import add_register_arguments
+
+    add_register_arguments(commands.add_parser("register", help="keep a backend registered"))
     return parser
 
 

@@ -85,6 +85,14 @@ class Metrics:
         self.retries = Counter(
             "mcp_proxy_upstream_retries", "Requests sent again to another backend.", registry=r
         )
+        self.registrations = Counter(
+            "mcp_proxy_registrations", "Registered backends: registered, renewed, expired, "
+            "deregistered, dropped (by a reload), by pool.", ["pool", "event"], registry=r,
+        )  # fmt: skip
+        self.mirrored = Counter(
+            "mcp_proxy_mirror", "Mirrored copies, by result (sent, failed, dropped).", ["result"],
+            registry=r,
+        )  # fmt: skip
         self.tls_handshakes = Counter(
             "mcp_proxy_tls_handshakes", "TLS handshakes, by listener and result.",
             ["listener", "result"], registry=r,
@@ -100,6 +108,12 @@ class Metrics:
         }
         for result in ("ok", "refused"):
             self.reloads.labels(result)
+
+    def count_registration(self, pool: str, event: str) -> None:
+        self.registrations.labels(pool, event).inc()
+
+    def count_mirror(self, result: str) -> None:
+        self.mirrored.labels(result).inc()
 
     def watch(self, current: Callable[[], LiveState | None]) -> None:
         """Report the live state of whichever runtime is current at scrape time."""

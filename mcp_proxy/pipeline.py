@@ -233,7 +233,7 @@ class Pipeline:
                 flight.head = self.tunnels.upgrade_head(flight, flight.head)
         backend, flight.stale = flight.stale, None
         if backend is None:
-            backend = route.policy.pick(route.candidates, now, self.rng, flight.tried)
+            backend = route.pick(now, self.rng, flight.tried)
             if backend is None:
                 raise flight.last_error or NoHealthyBackend()
             if flight.last_error is not None:  # a retry counts once it has somewhere to go
@@ -283,6 +283,8 @@ class Pipeline:
                 request.writer.send_continue(request)
             conn.write(head)
             attempt.upload = asyncio.ensure_future(attempt.upload_body(conn))
+        if route.mirror is not None:  # after the original: a copy never goes first (mirror.py)
+            flight.runtime.mirrors.offer(flight, route.mirror)
 
     # -- RELAY: the upstream connection's events ---------------------------------------------------
     def relay_head(self, attempt: Attempt, response: ResponseHead) -> None:

@@ -15,8 +15,10 @@ leaves the running snapshot exactly as it was.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,9 +27,20 @@ from typing import TYPE_CHECKING
 from mcp_proxy.admission.gate import AdmissionGate
 from mcp_proxy.auth import Verifier
 from mcp_proxy.config import LoadedConfig
-from mcp_proxy.config.model import BackendConfig, Config, PoolConfig, RouteConfig, ScopesConfig
+from mcp_proxy.config.model import (
+    BackendConfig,
+    Config,
+    PoolConfig,
+    PoolSet,
+    RouteConfig,
+    ScopesConfig,
+    TargetConfig,
+)
 from mcp_proxy.http1.settings import ClientSettings
+from mcp_proxy.mirror import Mirrors, MirrorTarget
+from mcp_proxy.registration import Registrations
 from mcp_proxy.routing import Router
+from mcp_proxy.split import Split
 from mcp_proxy.upstream.backend import Backend
 from mcp_proxy.upstream.balancer import Policy, make_policy
 from mcp_proxy.upstream.dns import DnsRefresher
@@ -55,6 +68,33 @@ class Route:
     retries: int
     observe_duration: Callable[[float], None] = field(repr=False, default=_ignore)
     client_cert: bool = False  # a verified client certificate is required (else 403)
+    # The pools whose backends are `candidates` (each split side's, in order), kept so that
+    # a registration can refresh the candidate tuples in place.
+    pool_names: tuple[tuple[str, ...], ...] = ()
+    split: Split[Backend] | None = None
+    mirror: MirrorTarget | None = None
+
+    def pick(self, now: float, rng: random.Random, exclude: Container[Backend]) -> Backend | None:
+        """The backend for the next attempt (a split chooses its side first)."""
+        if self.split is None:
+            return self.policy.pick(self.candidates, now, rng, exclude)
+        return self.split.pick(now, rng, exclude)
+
+    def names(self, pools: Collection[str], mirror: bool = True) -> bool:
+        """Are any of `pools` among this route's candidates (or its mirror's)?"""
+        mirrored = self.mirror.pool_names if mirror and self.mirror is not None else ()
+        return any(n in pools for side in self.pool_names for n in side) or any(
+            n in pools for n in mirrored
+        )
+
+    def refresh(self, pools: Mapping[str, tuple[Backend, ...]]) -> None:
+        """Recompute the candidate tuples from `pools` (backends registered or removed)."""
+        sides = [_chain(pools[name] for name in names) for names in self.pool_names]
+        self.candidates = _chain(sides)
+        if self.split is not None:
+            self.split.sides = tuple(sides)
+        if self.mirror is not None:
+            self.mirror.candidates = _chain(pools[name] for name in self.mirror.pool_names)
 
     def __repr__(self) -> str:
         return f"<Route {self.name} candidates={len(self.candidates)} priority={self.priority}>"
@@ -86,6 +126,10 @@ class Runtime:
             config, Path(loaded.source).parent, previous.upstream_tls if previous else {}
         )
         self.pools, self._kept = _build_pools(config, loop, previous, self.upstream_tls)
+        self.configured = dict(self.pools)  # the config's own backends, without registered ones
+        # Backends registered at run time, by pool and url (registration.py keeps them in step
+        # with their leases); a reload's snapshot adopts them at the swap (`take_over`).
+        self.registered: dict[str, dict[str, Backend]] = {}
         self.backends = {b.key: b for backends in self.pools.values() for b in backends}
         self.routes = tuple(_build_route(r, config, self.pools, metrics) for r in config.routes)
         self._groups = _route_groups(self.routes)
@@ -98,31 +142,12 @@ class Runtime:
         # Unchanged `auth` keeps the running Verifier: its key sets and verified-token cache
         # carry over, and a reload neither refetches every JWKS nor depends on the identity
         # provider being up. (A `jwks_file` is re-read by a reload: those are never shared.)
-        self.verifier: Verifier
-        self.owns_verifier: bool  # False until the swap when carried over (see take_over)
-        if previous is not None and _keys_carry_over(previous.config, config):
-            self.verifier, self.owns_verifier = previous.verifier, False
-        else:
-            self.owns_verifier = True
-            self.verifier = Verifier(
-                config.auth,
-                Path(loaded.source).parent,
-                on_fetch=lambda issuer, ok: metrics.jwks_fetches.labels(
-                    issuer, "ok" if ok else "failed"
-                ).inc(),
-            )
-        # An unchanged admission config keeps its gate, so a reload does not briefly double
-        # the concurrency bound while the old snapshot's requests finish, and requests queued
-        # before the swap keep their place ahead of newer ones. The gate becomes this
-        # snapshot's to close only at the swap (`take_over`).
-        self.gate: AdmissionGate
-        self.owns_gate: bool
-        if previous is not None and previous.config.admission == config.admission:
-            self.gate = previous.gate
-            self.owns_gate = False
-        else:
-            self.gate = AdmissionGate(config.admission, loop=loop)
-            self.owns_gate = True
+        # Unchanged `auth` keeps the running Verifier (see _verifier); owns_verifier stays
+        # False until the swap when carried over (see take_over).
+        self.verifier, self.owns_verifier = _verifier(loaded, metrics, previous)
+        # An unchanged admission config keeps its gate (see _gate), this snapshot's to close
+        # only from the swap on (`take_over`).
+        self.gate, self.owns_gate = _gate(config, loop, previous)
         self.claim = config.admission.claim
         # each class's queue-wait histogram, by class index (what admission hands out)
         self.queue_waits = tuple([metrics.queue_waits.get(c) for c in self.gate.class_names])
@@ -131,8 +156,16 @@ class Runtime:
             [b.connections for b in self.backends.values()], config.upstream.dns_refresh, loop=loop
         )
         self.closed = False
+        # Process-wide, carried over by every reload: registrations and mirrored copies.
+        self.registrations: Registrations
+        self.mirrors: Mirrors
         if previous is None:
+            self.registrations = Registrations(loop, metrics.count_registration)
+            self.mirrors = Mirrors(metrics.count_mirror)
+            self.registrations.runtime = self
             self._configure_backends()  # nothing shared: nobody else sees them yet
+        else:
+            self.registrations, self.mirrors = previous.registrations, previous.mirrors
 
     def __repr__(self) -> str:
         return (
@@ -151,6 +184,77 @@ class Runtime:
             self.owns_verifier = True
         log_changes(previous.upstream_tls, self.upstream_tls)
         self._configure_backends()
+        self._adopt_registered(previous)
+
+    def _adopt_registered(self, previous: Runtime) -> None:
+        """The registered backends of pools that still allow registration live on here."""
+        for name, pool in self.config.pools.items():
+            configured = {backend.url for backend in self.configured[name]}
+            for url, backend in (
+                previous.registered.get(name, {}).items() if pool.registration else ()
+            ):
+                if url in configured:  # the config lists it now: it is a configured backend
+                    self.registrations.registry.remove(name, url)
+                    continue
+                backend_config = BackendConfig(url=url, weight=backend.weight)
+                backend.reconfigure(pool, backend_config, self.config, self.upstream_tls.get(name))
+                self.registered.setdefault(name, {})[url] = backend
+        self.registrations.adopt(self)
+        self._rebuild()
+        self.health.start([b for backends in self.registered.values() for b in backends.values()])
+
+    def add_registered(self, pool: str, url: str, weight: float) -> Backend:
+        """A new registered backend: in its pool's routes at once, probed like the others."""
+        backend_config = BackendConfig(url=url, weight=weight)
+        backend = Backend(
+            pool,
+            self.config.pools[pool],
+            backend_config,
+            self.config,
+            self.loop,
+            self.upstream_tls.get(pool),
+        )
+        self.registered.setdefault(pool, {})[url] = backend
+        self.backends[backend.key] = backend
+        self._rebuild((pool,))
+        self.health.start([backend])
+        return backend
+
+    def remove_registered(self, pool: str, url: str) -> Backend | None:
+        """Out of every route now; its requests in flight finish, its idle connections close."""
+        removed = self.remove_many([(pool, url)])
+        return removed[0] if removed else None
+
+    def remove_many(self, keys: Iterable[tuple[str, str]]) -> list[Backend]:
+        """`remove_registered` for many at once (an expiry sweep): one rebuild for all."""
+        removed = [b for pool, url in keys if (b := self.registered.get(pool, {}).pop(url, None))]
+        for backend in removed:
+            del self.backends[backend.key]
+        if removed:
+            self._rebuild({backend.pool for backend in removed})
+        for backend in removed:
+            self.health.forget(backend.key)
+            backend.connections.close()
+        return removed
+
+    def _rebuild(self, changed: Collection[str] = ()) -> None:
+        """Pools and route candidates after the registered set changed: of the `changed`
+        pools and the routes that name them only (a registration costs O(those routes)), or
+        of everything when none are named."""
+        for name in changed or self.configured:
+            self.pools[name] = self.configured[name] + tuple(self.registered.get(name, {}).values())
+        if not changed:
+            self.backends = {b.key: b for backends in self.pools.values() for b in backends}
+        touched = [route for route in self.routes if not changed or route.names(changed)]
+        for route in touched:
+            route.refresh(self.pools)
+        # Every backend of a touched route: its groups are the candidate tuples of its pool's
+        # routes (one list per pool, shared: it is only read).
+        regroup = {name for route in touched for side in route.pool_names for name in side}
+        for name in regroup:
+            groups = [r.candidates for r in self.routes if r.names((name,), mirror=False)]
+            for backend in self.pools[name]:
+                backend.groups = groups
 
     def _configure_backends(self) -> None:
         for backend, pool, backend_config in self._kept:
@@ -191,6 +295,9 @@ class Runtime:
         self.closed = True
         await self.health.close()
         await self.dns.close()
+        if self.registrations.runtime is self:  # the last snapshot: the process is stopping
+            self.registrations.close()
+            await self.mirrors.close()
         if self.owns_gate:
             self.gate.close()
         if self.owns_verifier:
@@ -201,6 +308,37 @@ class Runtime:
 
 
 _Kept = tuple[Backend, PoolConfig, BackendConfig]
+
+
+def _verifier(
+    loaded: LoadedConfig, metrics: Metrics, previous: Runtime | None
+) -> tuple[Verifier, bool]:
+    """The snapshot's verifier and whether it owns it. Unchanged `auth` keeps the running one:
+    its key sets and verified-token cache carry over, and a reload neither refetches every JWKS
+    nor depends on the identity provider being up. (A `jwks_file` is re-read by a reload:
+    those are never shared.)"""
+    if previous is not None and _keys_carry_over(previous.config, loaded.config):
+        return previous.verifier, False
+    verifier = Verifier(
+        loaded.config.auth,
+        Path(loaded.source).parent,
+        on_fetch=lambda issuer, ok: metrics.jwks_fetches.labels(
+            issuer, "ok" if ok else "failed"
+        ).inc(),
+    )
+    return verifier, True
+
+
+def _gate(
+    config: Config, loop: asyncio.AbstractEventLoop, previous: Runtime | None
+) -> tuple[AdmissionGate, bool]:
+    """The admission gate and whether the snapshot owns it. An unchanged admission config keeps
+    its gate, so a reload does not briefly double the concurrency bound while the old
+    snapshot's requests finish, and requests queued before the swap keep their place ahead of
+    newer ones."""
+    if previous is not None and previous.config.admission == config.admission:
+        return previous.gate, False
+    return AdmissionGate(config.admission, loop=loop), True
 
 
 def _build_pools(
@@ -227,6 +365,10 @@ def _build_pools(
     return pools, kept
 
 
+def _chain(parts: Iterable[tuple[Backend, ...]]) -> tuple[Backend, ...]:
+    return tuple(itertools.chain.from_iterable(parts))
+
+
 def _route_groups(routes: tuple[Route, ...]) -> dict[tuple[str, str], list[tuple[Backend, ...]]]:
     groups: dict[tuple[str, str], list[tuple[Backend, ...]]] = {}
     for route in routes:
@@ -242,25 +384,36 @@ def _keys_carry_over(old: Config, new: Config) -> bool:
 def _build_route(
     route: RouteConfig, config: Config, pools: dict[str, tuple[Backend, ...]], metrics: Metrics
 ) -> Route:
-    if route.to.pools is not None:
-        names = list(route.to.pools)
-    else:
-        selector = route.to.selector or {}
-        names = [name for name, pool in config.pools.items() if pool.matches(selector)]
-    candidates = tuple(backend for name in names for backend in pools[name])
     admission = config.admission
     priority = route.priority or admission.default
-    return Route(
+    split = route.to.split
+    built = Route(
         name=route.name,
-        candidates=candidates,
+        candidates=(),
         policy=make_policy(config.balancer),
         scopes=_scopes(route, config),
         priority=admission.classes.index(priority),
         timeout=route.timeout,
         retries=route.retries,
         observe_duration=metrics.durations.get(route.name).observe,
+        pool_names=tuple(_pool_names(side, config) for side in split or (route.to,)),
         client_cert=route.client_cert == "required",
     )
+    if split is not None:
+        policies: list[Policy[Backend]] = [make_policy(config.balancer) for _ in split]
+        built.split = Split([side.weight for side in split], [() for _ in split], policies)
+    if route.mirror is not None:
+        names = _pool_names(route.mirror, config)
+        built.mirror = MirrorTarget(names, make_policy(config.balancer), route.mirror.percent)
+    built.refresh(pools)
+    return built
+
+
+def _pool_names(target: PoolSet | TargetConfig, config: Config) -> tuple[str, ...]:
+    if target.pools is not None:
+        return target.pools
+    selector = target.selector or {}
+    return tuple(name for name, pool in config.pools.items() if pool.matches(selector))
 
 
 def _scopes(route: RouteConfig, config: Config) -> frozenset[str] | None:

@@ -24,7 +24,10 @@ from mcp_proxy.config.model import (
     Config,
     IssuerConfig,
     PoolConfig,
+    PoolSet,
     RouteConfig,
+    TargetConfig,
+    is_loopback_host,
 )
 from mcp_proxy.routing import covers
 
@@ -73,6 +76,7 @@ class Parts:
     auth_default: str | None
     classes: tuple[str, ...] | None
     addresses: tuple[tuple[str, int], tuple[str, int]] | None
+    admin_auth: bool | None = None  # is `admin_auth` given? None: not known
 
     @classmethod
     def of(cls, config: Config) -> Parts:
@@ -85,6 +89,7 @@ class Parts:
             auth_default=config.auth.default,
             classes=config.admission.classes,
             addresses=(config.listen, config.admin),
+            admin_auth=config.admin_auth is not None,
         )
 
     @classmethod
@@ -104,6 +109,7 @@ class Parts:
             auth_default=auth.default if auth is not None else None,
             classes=admission.classes if admission is not None else None,
             addresses=(listen, admin) if listen is not None and admin is not None else None,
+            admin_auth=data.get("admin_auth") is not None,
         )
 
 
@@ -147,6 +153,7 @@ def check(config: Config) -> list[str]:
 def find_problems(parts: Parts) -> list[Problem]:
     return [
         *_address_problems(parts),
+        *_admin_auth_problems(parts),
         *_issuer_problems(parts),
         *_route_name_problems(parts),
         *(
@@ -171,6 +178,23 @@ def _address_problems(parts: Parts) -> Iterator[Problem]:
             f"{admin_host}:{admin_port} overlaps listen {listen_host}:{listen_port}: "
             "the admin API must never be served on the public listener",
         )
+
+
+def _admin_auth_problems(parts: Parts) -> Iterator[Problem]:
+    """SPEC: the token is needed when admin listens beyond loopback."""
+    if parts.addresses is not None and parts.admin_auth is False:
+        host = parts.addresses[1][0]
+        if not is_loopback_host(host):
+            yield Problem(
+                ("admin",),
+                f"{host} is beyond loopback: set admin_auth (admin writes then need a token "
+                "with its scope) or listen on 127.0.0.1",
+            )
+    if parts.admin_auth and parts.issuer_count == 0:
+        yield Problem(
+            ("admin_auth",), "admin_auth needs a token, but auth.issuers is empty: nothing "
+            "could verify one",
+        )  # fmt: skip
 
 
 def _is_wildcard(host: str) -> bool:
@@ -222,25 +246,37 @@ def _route_problems(parts: Parts, index: int, route: RouteConfig) -> Iterator[Pr
 
 
 def _target_problems(parts: Parts, index: int, route: RouteConfig) -> Iterator[Problem]:
+    path: KeyPath = ("routes", index, "to")
+    if route.to.split is None:
+        yield from _pool_set_problems(parts, path, route.to)
+    for side_index, side in enumerate(route.to.split or ()):
+        yield from _pool_set_problems(parts, (*path, "split", side_index), side)
+    if route.mirror is not None:
+        yield from _pool_set_problems(parts, ("routes", index, "mirror"), route.mirror)
+
+
+def _pool_set_problems(
+    parts: Parts, path: KeyPath, target: PoolSet | TargetConfig
+) -> Iterator[Problem]:
     pools = parts.pools
     if pools is None:
         return
     known = ", ".join(pools)
     seen: set[str] = set()
-    for position, pool in enumerate(route.to.pools or ()):
-        path = ("routes", index, "to", "pools", position)
+    for position, pool in enumerate(target.pools or ()):
+        where = (*path, "pools", position)
         if pool not in pools:
-            yield Problem(path, f"unknown pool {pool!r} (known: {known})")
+            yield Problem(where, f"unknown pool {pool!r} (known: {known})")
         elif pool in seen:
-            yield Problem(path, f"pool {pool!r} is named twice")
+            yield Problem(where, f"pool {pool!r} is named twice")
         seen.add(pool)
-    selector = route.to.selector
+    selector = target.selector
     # A pool that did not validate might carry the labels: then say nothing.
     if selector is None or None in pools.values():
         return
     if not any(pool is not None and pool.matches(selector) for pool in pools.values()):
         wanted = ", ".join(f"{key}: {value}" for key, value in selector.items())
-        yield Problem(("routes", index, "to", "selector"), f"{{{wanted}}} matches no pool's labels")
+        yield Problem((*path, "selector"), f"{{{wanted}}} matches no pool's labels")
 
 
 def _match_problems(index: int, route: RouteConfig) -> Iterator[Problem]:

@@ -149,7 +149,8 @@ class PoolConfig(Frozen):
     kind: PoolKind
     labels: Labels = {}
     cost: NonNegativeFloat = 0.0
-    backends: Annotated[tuple[BackendConfig, ...], Field(min_length=1)]
+    backends: tuple[BackendConfig, ...] = ()  # may start empty only with `registration`
+    registration: StrictBool = False  # backends may register at run time (admin PUT)
     tls: PoolTls | None = None  # for this pool's https backends
 
     def matches(self, selector: Mapping[str, str]) -> bool:
@@ -158,6 +159,8 @@ class PoolConfig(Frozen):
 
     @model_validator(mode="after")
     def _unique_urls(self) -> PoolConfig:
+        if not self.backends and not self.registration:
+            raise ValueError("a pool needs at least one backend (or registration: true)")
         urls = [backend.url for backend in self.backends]
         if len(set(urls)) != len(urls):
             raise ValueError("a backend url appears twice in this pool")
@@ -199,7 +202,7 @@ Algorithm = Literal[
 ]  # fmt: skip
 
 
-def _is_loopback_host(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -214,7 +217,7 @@ def _check_jwks_url(url: str) -> str:
         raise ValueError(f"{url!r} has no host")
     if parts.scheme == "https":
         return url
-    if parts.scheme == "http" and _is_loopback_host(parts.hostname):
+    if parts.scheme == "http" and is_loopback_host(parts.hostname):
         return url
     raise ValueError(f"{url!r}: jwks_url must be https (http only to a loopback address)")
 
@@ -298,14 +301,41 @@ class MatchConfig(Frozen):
     headers: dict[Annotated[StrictStr, Field(pattern=HTTP_TOKEN)], StrictStr] = {}
 
 
-class TargetConfig(Frozen):
+class PoolSet(Frozen):
+    """Pools named, or chosen by labels: exactly one of the two."""
+
     pools: Annotated[tuple[Name, ...], Field(min_length=1)] | None = None
     selector: Annotated[Labels, Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> TargetConfig:
+    def _exactly_one(self) -> PoolSet:
         if (self.pools is None) == (self.selector is None):
             raise ValueError("give exactly one of pools or selector")
+        return self
+
+
+class SplitSide(PoolSet):
+    """One side of `to.split`: its pools and its share (weight / sum of weights)."""
+
+    weight: Annotated[StrictInt, Field(ge=1, le=10_000)]
+
+
+class Mirror(PoolSet):
+    """`mirror`: copies of `percent` % of a route's requests to another pool set."""
+
+    percent: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)]
+
+
+class TargetConfig(Frozen):
+    pools: Annotated[tuple[Name, ...], Field(min_length=1)] | None = None
+    selector: Annotated[Labels, Field(min_length=1)] | None = None
+    split: Annotated[tuple[SplitSide, ...], Field(min_length=2, max_length=16)] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TargetConfig:
+        given = [self.pools is not None, self.selector is not None, self.split is not None]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of pools, selector or split")
         return self
 
 
@@ -324,6 +354,7 @@ class RouteConfig(Frozen):
     priority: Name | None = None
     timeout: PositiveDuration = 30.0
     retries: Annotated[StrictInt, Field(ge=0, le=10)] = 2
+    mirror: Mirror | None = None
     # required: served only on a connection whose client certificate verified (tls.client_ca)
     client_cert: Literal["required"] | None = None
 
@@ -401,6 +432,15 @@ class ListenerTls(Frozen):
         return self
 
 
+class AdminAuth(Frozen):
+    """`admin_auth`: admin writes (POST/PUT/DELETE) need a token from auth.issuers with it."""
+
+    scope: Annotated[StrictStr, Field(pattern=r"^[\x21\x23-\x5b\x5d-\x7e]+$")]
+    # Host names a write may be addressed to besides loopback and the admin's own address
+    # (say a Service name): a DNS-rebinding page's Host is none of them.
+    hosts: tuple[Annotated[StrictStr, Field(min_length=1)], ...] = ()
+
+
 class Config(Frozen):
     listen: Address = ("127.0.0.1", 8080)
     admin: Address = ("127.0.0.1", 9901)
@@ -416,6 +456,7 @@ class Config(Frozen):
     access_log: Annotated[AccessLogConfig, BeforeValidator(_access_log)] = AccessLogConfig()
     trusted_proxies: tuple[Network, ...] = ()  # peers whose X-Forwarded-* are kept
     headers_with_underscores: Literal["drop", "reject", "allow"] = "drop"
+    admin_auth: AdminAuth | None = None
     tls: ListenerTls | None = None  # the public listener's; pools have their own
 
     def is_trusted(self, peer_ip: str) -> bool:

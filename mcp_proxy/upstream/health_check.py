@@ -65,6 +65,17 @@ class HealthChecker:
             if backend.key not in self.tasks:
                 self.tasks[backend.key] = asyncio.create_task(self._loop(backend))
 
+    def forget(self, key: tuple[str, str]) -> None:
+        """Stop probing one backend (it was deregistered)."""
+        task = self.tasks.pop(key, None)
+        if task is not None:
+            task.cancel()
+        pool = self.pools.pop(key, None)
+        if pool is not None:
+            pool.close()
+        self.requests.pop(key, None)
+        self.served_at_last_probe.pop(key, None)
+
     def stop(self) -> None:
         for task in self.tasks.values():
             task.cancel()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import itertools
 import logging
 import ssl
 from collections.abc import Callable, Iterator, Mapping
@@ -31,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from mcp_proxy.config.model import Config, PoolConfig, PoolTls
+from mcp_proxy.tls import certs
 
 log = logging.getLogger("mcp_proxy.upstream")
 
@@ -125,7 +124,10 @@ def resolve(base_dir: Path, value: str) -> Path:
 
 
 def has_https(pool: PoolConfig) -> bool:
-    return any(backend.scheme == "https" for backend in pool.backends)
+    """Whether the pool's TLS settings are used: an https backend, or a `tls` block on a pool
+    that takes registrations (its https backends may come at run time)."""
+    registered = pool.registration and pool.tls is not None
+    return registered or any(backend.scheme == "https" for backend in pool.backends)
 
 
 def pool_contexts(
@@ -198,7 +200,9 @@ def certificate_ends(
     for key in ("cert", "ca"):
         value = getattr(settings, key)
         try:
-            chain = _certificates(key, resolve(base_dir, value).read_bytes()) if value else []
+            chain = (
+                _certificates(key, resolve(base_dir, value).read_bytes(), value) if value else []
+            )
         except (OSError, TlsSettingsError):
             continue
         for certificate in chain[:1] if key == "cert" else chain:
@@ -241,12 +245,12 @@ def _context(settings: PoolTls, files: Mapping[str, bytes], base_dir: Path) -> P
     # A private CA's intermediate may be given as the trust anchor (as Python 3.13 allows).
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     if "ca" in files:
-        _certificates("ca", files["ca"])
+        _certificates("ca", files["ca"], settings.ca)
         _openssl("ca", context.load_verify_locations, cadata=files["ca"].decode("latin-1"))
     else:
         context.load_default_certs(ssl.Purpose.SERVER_AUTH)
     if "cert" in files and settings.cert is not None and settings.key is not None:
-        _check_pair(files["cert"], files["key"])
+        _check_pair(settings, files["cert"], files["key"])
         _openssl(
             "cert",
             context.load_cert_chain,
@@ -257,32 +261,21 @@ def _context(settings: PoolTls, files: Mapping[str, bytes], base_dir: Path) -> P
     return context
 
 
-def _certificates(key: str, data: bytes) -> list[x509.Certificate]:
+def _certificates(key: str, data: bytes, name: str | None = None) -> list[x509.Certificate]:
     try:
-        return x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise TlsSettingsError(key, "holds no PEM certificate") from None
+        return list(certs.certificates(name or key, data))
+    except certs.CertificateProblem as problem:
+        raise TlsSettingsError(key, str(problem)) from None
 
 
-def _check_pair(cert_data: bytes, key_data: bytes) -> None:
-    """Parse both; the key must match the first certificate, each next one must have issued
-    the one before it (the order a TLS peer expects the chain in)."""
-    chain = _certificates("cert", cert_data)
+def _check_pair(settings: PoolTls, cert_data: bytes, key_data: bytes) -> None:
+    """The same checks as a listener's pair (tls/certs.py): parsed, the key matching the first
+    certificate, the chain in the order a TLS peer expects."""
+    assert settings.cert is not None and settings.key is not None
     try:
-        key = serialization.load_pem_private_key(key_data, password=None)
-    except TypeError:
-        raise TlsSettingsError("key", "the key is encrypted (give it unencrypted)") from None
-    except ValueError:
-        raise TlsSettingsError("key", "holds no PEM private key") from None
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
-    if key.public_key().public_bytes(der, spki) != chain[0].public_key().public_bytes(der, spki):
-        raise TlsSettingsError("key", "does not match the certificate (the first one in cert)")
-    for position, (issued, issuer) in enumerate(itertools.pairwise(chain)):
-        if issued.issuer != issuer.subject:
-            raise TlsSettingsError(
-                "cert", f"chain out of order: certificate {position + 1} did not issue {position}"
-            )
+        certs.check_chain(cert_data, key_data, settings.cert, settings.key)
+    except certs.CertificateProblem as problem:
+        raise TlsSettingsError(problem.part, str(problem)) from None
 
 
 def _openssl(key: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
@@ -293,5 +286,5 @@ def _openssl(key: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> N
 
 
 def _no_passphrase() -> bytes:
-    # Never prompt on a terminal for a passphrase: _check_pair refused an encrypted key already.
+    # Never prompt on a terminal for a passphrase: check_chain refused an encrypted key already.
     raise TlsSettingsError("key", "the key is encrypted (give it unencrypted)")

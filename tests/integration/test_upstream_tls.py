@@ -345,9 +345,9 @@ async def test_a_reload_with_a_key_that_does_not_match_is_refused(
     caplog.set_level(logging.ERROR, "mcp_proxy.reload")
     status, result = await proxy.admin("/admin/reload", method="POST")
     assert (status, result["result"]) == (422, "refused")
-    assert result["problems"] == [
-        "pools.secure.tls.key: does not match the certificate (the first one in cert) (line 11)"
-    ]
+    (problem,) = result["problems"]
+    assert problem.startswith("pools.secure.tls.key: proxy-key.pem: the key does not match the")
+    assert problem.endswith("(line 11)")
     assert (await get(proxy))[0] == 200  # the running config (and its key) stays
 
 
@@ -397,10 +397,9 @@ async def test_check_reports_a_key_that_does_not_match_its_certificate(tmp_path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     code, _, err = await run_cli("check", "-c", str(path))
     assert code == 2
-    assert err.strip().splitlines() == [
-        f"{path}: pools.secure.tls.key: does not match the certificate (the first one in cert) "
-        "(line 8)"
-    ]
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"{path}: pools.secure.tls.key: proxy-key.pem: the key does not match")
+    assert line.endswith("(line 8)")
 
 
 async def test_check_warns_of_a_client_certificate_about_to_expire_and_passes(
