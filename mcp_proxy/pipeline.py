@@ -60,6 +60,7 @@ from mcp_proxy.http1.exchange import Request
 from mcp_proxy.http1.upstream import ResponseHead, UpstreamConnection
 from mcp_proxy.metrics import Metrics
 from mcp_proxy.runtime import Route, Runtime, RuntimeRef
+from mcp_proxy.upstream.tiers import choose, nothing_available
 
 log = logging.getLogger("mcp_proxy")
 
@@ -224,9 +225,9 @@ class Pipeline:
             )
         backend, flight.stale = flight.stale, None
         if backend is None:
-            backend = route.policy.pick(route.candidates, now, self.rng, flight.tried)
+            backend = choose(route.tiers, route.policy, route.tiering, now, self.rng, flight.tried)
             if backend is None:
-                raise flight.last_error or NoHealthyBackend()
+                raise flight.last_error or NoHealthyBackend(nothing_available(route.tiers, now))
             if flight.last_error is not None:  # a retry counts once it has somewhere to go
                 runtime.retry_budget.record_retry(now)
                 runtime.count_retry()

@@ -15,6 +15,7 @@ leaves the running snapshot exactly as it was.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from mcp_proxy.upstream.balancer import Policy, make_policy
 from mcp_proxy.upstream.dns import DnsRefresher
 from mcp_proxy.upstream.health_check import HealthChecker
 from mcp_proxy.upstream.retry import RetryBudget
+from mcp_proxy.upstream.tiers import Tier, Tiering
 
 if TYPE_CHECKING:
     from mcp_proxy.metrics import Metrics
@@ -52,6 +54,9 @@ class Route:
     priority: int
     timeout: float
     retries: int
+    # Failover order (one tier for `pools`/`selector`); `candidates` is all of them in order.
+    tiers: tuple[Tier[Backend], ...] = ()
+    tiering: Tiering = field(default_factory=Tiering)
     observe_duration: Callable[[float], None] = field(repr=False, default=_ignore)
 
     def __repr__(self) -> str:
@@ -175,7 +180,7 @@ class Runtime:
 
     def healthy_backends(self) -> int:
         now = time.monotonic()
-        return sum(backend.available(now) for backend in self.backends.values())
+        return sum(backend.serving(now) for backend in self.backends.values())
 
     async def close(self, keep: frozenset[tuple[str, str]] = frozenset()) -> None:
         """Release what this snapshot alone holds; backends in `keep` live on in the next one."""
@@ -200,6 +205,9 @@ def _build_pools(
     """Each pool's backends: the previous snapshot's object where it has the same (pool, url),
     else a new one. Kept backends are returned with their new settings, applied at the swap."""
     old = previous.backends if previous is not None else {}
+    # A backend a reload adds starts its slow start now; at first start-up nobody ramps (all
+    # would ramp together, which only shifts traffic between tiers for nothing).
+    joined_at = time.monotonic() if previous is not None else -math.inf
     pools: dict[str, tuple[Backend, ...]] = {}
     kept: list[_Kept] = []
     for name, pool in config.pools.items():
@@ -207,7 +215,7 @@ def _build_pools(
         for backend_config in pool.backends:
             backend = old.get((name, backend_config.url))
             if backend is None:
-                backend = Backend(name, pool, backend_config, config, loop)
+                backend = Backend(name, pool, backend_config, config, loop, joined_at)
             else:
                 kept.append((backend, pool, backend_config))
             backends.append(backend)
@@ -230,12 +238,8 @@ def _keys_carry_over(old: Config, new: Config) -> bool:
 def _build_route(
     route: RouteConfig, config: Config, pools: dict[str, tuple[Backend, ...]], metrics: Metrics
 ) -> Route:
-    if route.to.pools is not None:
-        names = list(route.to.pools)
-    else:
-        selector = route.to.selector or {}
-        names = [name for name, pool in config.pools.items() if pool.matches(selector)]
-    candidates = tuple(backend for name in names for backend in pools[name])
+    tiers = _tiers(route, config, pools)
+    candidates = tuple(backend for tier in tiers for backend in tier.backends)
     admission = config.admission
     priority = route.priority or admission.default
     return Route(
@@ -246,7 +250,25 @@ def _build_route(
         priority=admission.classes.index(priority),
         timeout=route.timeout,
         retries=route.retries,
+        tiers=tiers,
+        tiering=Tiering(config.balancer.overprovisioning, config.balancer.panic == "all"),
         observe_duration=metrics.durations.get(route.name).observe,
+    )
+
+
+def _tiers(
+    route: RouteConfig, config: Config, pools: dict[str, tuple[Backend, ...]]
+) -> tuple[Tier[Backend], ...]:
+    if route.to.tiers is not None:
+        sets = [tier.pool_names(config.pools) for tier in route.to.tiers]
+    elif route.to.pools is not None:
+        sets = [list(route.to.pools)]
+    else:
+        selector = route.to.selector or {}
+        sets = [[name for name, pool in config.pools.items() if pool.matches(selector)]]
+    return tuple(
+        Tier(tuple(names), tuple(backend for name in names for backend in pools[name]))
+        for names in sets
     )
 
 

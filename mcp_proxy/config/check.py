@@ -234,6 +234,7 @@ def _target_problems(parts: Parts, index: int, route: RouteConfig) -> Iterator[P
         elif pool in seen:
             yield Problem(path, f"pool {pool!r} is named twice")
         seen.add(pool)
+    yield from _tier_problems(pools, index, route)
     selector = route.to.selector
     # A pool that did not validate might carry the labels: then say nothing.
     if selector is None or None in pools.values():
@@ -241,6 +242,28 @@ def _target_problems(parts: Parts, index: int, route: RouteConfig) -> Iterator[P
     if not any(pool is not None and pool.matches(selector) for pool in pools.values()):
         wanted = ", ".join(f"{key}: {value}" for key, value in selector.items())
         yield Problem(("routes", index, "to", "selector"), f"{{{wanted}}} matches no pool's labels")
+
+
+def _tier_problems(
+    pools: Mapping[str, PoolConfig | None], index: int, route: RouteConfig
+) -> Iterator[Problem]:
+    """`to.tiers`: unknown pools, selectors that match nothing, a pool in two tiers."""
+    known = ", ".join(pools)
+    tier_of: dict[str, int] = {}
+    whole = None not in pools.values()  # else a selector might match a pool that failed
+    valid = {name: pool for name, pool in pools.items() if pool is not None}
+    for number, tier in enumerate(route.to.tiers or ()):
+        path: KeyPath = ("routes", index, "to", "tiers", number)
+        for position, pool in enumerate(tier.pools or ()):
+            if pool not in pools:
+                yield Problem((*path, "pools", position), f"unknown pool {pool!r} (known: {known})")
+        names = tier.pool_names(valid) if tier.selector is not None else list(tier.pools or ())
+        if tier.selector is not None and not names and whole:
+            wanted = ", ".join(f"{key}: {value}" for key, value in tier.selector.items())
+            yield Problem((*path, "selector"), f"{{{wanted}}} matches no pool (kind or labels)")
+        for name in names:
+            if tier_of.setdefault(name, number) != number:
+                yield Problem(path, f"pool {name!r} is already in tiers[{tier_of[name]}]")
 
 
 def _match_problems(index: int, route: RouteConfig) -> Iterator[Problem]:

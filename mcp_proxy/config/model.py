@@ -96,6 +96,8 @@ BackendUrl = Annotated[StrictStr, AfterValidator(_check_backend_url)]
 class BackendConfig(Frozen):
     url: BackendUrl
     weight: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = 1.0
+    # At most this many requests to it at once; while full it is unavailable (tiers spill).
+    max_inflight: PositiveInt | None = None
 
     @property
     def scheme(self) -> str:
@@ -140,6 +142,11 @@ class BalancerConfig(Frozen):
     default_rtt: PositiveDuration = 0.030
     # Above this many candidates, pick between two random ones (P2C) instead of scanning all.
     p2c_threshold: PositiveInt = 16
+    # Failover tiers (upstream/tiers.py): Envoy's overprovisioning factor, the slow-start window
+    # (0: off) and what happens when no tier has an available backend.
+    overprovisioning: Annotated[float, Field(ge=1.0, le=100.0, allow_inf_nan=False)] = 1.4
+    slow_start: Duration = 0.0
+    panic: Literal["fail", "all"] = "fail"
 
 
 class OutlierConfig(Frozen):
@@ -266,14 +273,40 @@ class MatchConfig(Frozen):
     headers: dict[Annotated[StrictStr, Field(pattern=HTTP_TOKEN)], StrictStr] = {}
 
 
-class TargetConfig(Frozen):
+class TierConfig(Frozen):
+    """One failover tier of `to.tiers`: pools by name, or a selector (which may name `kind`)."""
+
     pools: Annotated[tuple[Name, ...], Field(min_length=1)] | None = None
     selector: Annotated[Labels, Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> TargetConfig:
+    def _exactly_one(self) -> TierConfig:
         if (self.pools is None) == (self.selector is None):
             raise ValueError("give exactly one of pools or selector")
+        return self
+
+    def pool_names(self, pools: Mapping[str, PoolConfig]) -> list[str]:
+        """The tier's pools, in config order for a selector."""
+        if self.pools is not None:
+            return list(self.pools)
+        wanted = dict(self.selector or {})
+        kind = wanted.pop("kind", None)
+        return [
+            name
+            for name, pool in pools.items()
+            if (kind is None or pool.kind == kind) and pool.matches(wanted)
+        ]
+
+
+class TargetConfig(Frozen):
+    pools: Annotated[tuple[Name, ...], Field(min_length=1)] | None = None
+    selector: Annotated[Labels, Field(min_length=1)] | None = None
+    tiers: Annotated[tuple[TierConfig, ...], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TargetConfig:
+        if sum(form is not None for form in (self.pools, self.selector, self.tiers)) != 1:
+            raise ValueError("give exactly one of pools, selector or tiers")
         return self
 
 
