@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from mcp_proxy.config.model import BalancerConfig
-from mcp_proxy.upstream.balancer import make_policy
+from mcp_proxy.upstream.balancer import Policy, make_policy
 from mcp_proxy.upstream.rtt import PeakEwma
 from mcp_proxy.upstream.tiers import (
     MIN_RAMP,
@@ -36,7 +36,7 @@ ENVOY_TWO_LEVELS = [
     (0.00, (0.00, 1.00)),
 ]
 # Three levels, P=2 100% healthy.
-ENVOY_THREE_LEVELS = [
+ENVOY_THREE_LEVELS: list[tuple[tuple[float, ...], tuple[float, ...]]] = [
     ((1.00, 1.00, 1.00), (1.00, 0.00, 0.00)),
     ((0.72, 0.72, 1.00), (1.00, 0.00, 0.00)),
     ((0.71, 0.71, 1.00), (0.99, 0.01, 0.00)),
@@ -49,7 +49,7 @@ ENVOY_THREE_LEVELS = [
 ]
 # Degraded: the healths add up to less than 1, so each is divided by their sum ("normalized
 # total health"): 25%/25% -> 35 + 35 = 70 -> 50/50; 25/25/20 -> 35/35/28 of 98.
-ENVOY_NORMALISED = [
+ENVOY_NORMALISED: list[tuple[tuple[float, ...], tuple[float, ...]]] = [
     ((0.25, 0.25), (0.50, 0.50)),
     ((0.50, 0.0), (1.00, 0.00)),
     ((0.25, 0.25, 0.20), (35 / 98, 35 / 98, 28 / 98)),
@@ -126,7 +126,7 @@ def counts(
 ) -> Counter[str]:
     chosen: Counter[str] = Counter()
     rng = random.Random(1)
-    pol = make_policy(BalancerConfig(policy=policy))  # type: ignore[arg-type]
+    pol: Policy[Fake] = make_policy(BalancerConfig.model_validate({"policy": policy}))
     for _ in range(picks):
         backend = choose(tiers, pol, tiering, 0.0, rng)
         chosen[backend.name if backend else "-"] += 1
@@ -154,7 +154,7 @@ def test_half_a_tier_down_keeps_seventy_percent() -> None:
 def test_retry_excludes_what_it_tried_from_the_tier_health() -> None:
     a = Fake("a")
     tiers = tiers_of([a], [Fake("b")])
-    pol = make_policy(BalancerConfig())
+    pol: Policy[Fake] = make_policy(BalancerConfig())
     picked = choose(tiers, pol, Tiering(), 0.0, random.Random(1), [a])
     assert picked is not None and picked.name == "b"
 
