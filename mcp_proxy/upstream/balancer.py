@@ -121,6 +121,10 @@ class _LoadPolicy(Generic[C]):
     def _load(self, candidate: C, now: float) -> float:
         raise NotImplementedError
 
+    def load(self, candidate: C, now: float) -> float:
+        """The figure this policy ranks by (lower wins); `/admin/explain` shows it."""
+        return self._load(candidate, now)
+
     def pick(
         self,
         candidates: Sequence[C],
