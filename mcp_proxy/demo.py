@@ -47,6 +47,7 @@ from jwt.algorithms import ECAlgorithm
 
 from mcp_proxy.auth.mint import mint_token
 from mcp_proxy.config import ConfigError, load
+from mcp_proxy.demo_tiers import tiers_section
 from mcp_proxy.server import ProxyServer
 
 ISSUER = "https://idp.example.com"
@@ -419,6 +420,7 @@ class Demo:
         await self.steady_section()
         await self.slowdown_section()
         await self.failover_section()
+        await tiers_section(self.folder, say)
         say(f"\nThe traffic part took {time.monotonic() - started:.1f} s.")
 
     def intro(self) -> None:
