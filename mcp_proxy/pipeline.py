@@ -29,6 +29,7 @@ from typing import Any, Final, cast
 from mcp_proxy.accesslog import AccessLog
 from mcp_proxy.auth import Identity, authorize, bearer_token
 from mcp_proxy.errors import (
+    ANY_METHOD,
     AuthError,
     ClientGone,
     NoHealthyBackend,
@@ -229,7 +230,8 @@ class Pipeline:
             if backend is None:
                 raise flight.last_error or NoHealthyBackend(nothing_available(route.tiers, now))
             if flight.last_error is not None:  # a retry counts once it has somewhere to go
-                runtime.retry_budget.record_retry(now)
+                if flight.last_error.retry != ANY_METHOD:  # nothing sent: not budgeted (flight)
+                    runtime.retry_budget.record_retry(now)
                 runtime.count_retry()
             flight.attempts += 1
             conn = backend.connections.take_idle(now)
