@@ -21,9 +21,12 @@ How this works (one request):
     upstream/     rtt (peak-EWMA), balancer (lowest_rtt, round_robin, least_request), health
                   (hysteresis, outlier ejection), health_check (probe loops), dns (aiodns
                   refresh), pool (idle keep-alive connections per backend), backend (one
-                  backend's live state), retry (budget, and when a retry is allowed)
+                  backend's live state), retry (budget, and when a retry is allowed), tiers
+                  (failover tiers: Envoy's priority load, spill when full, slow start, panic;
+                  `choose` is the PICK phase's one decision)
     reload.py     validate, build, warm, swap one reference
     server.py     listeners, start-up and graceful shutdown;  admin.py  the admin endpoints
+    explain.py    /admin/explain: the request path's own decisions, run dry
     metrics.py    every Prometheus collector; tally.py  per-request counts read at scrape time
     build.py      which modules run compiled (setup.py: MCP_PROXY_COMPILE=1 compiles the
                   request path with mypyc);  demo.py  `mcp-proxy demo`;  cli.py  commands
