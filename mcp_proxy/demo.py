@@ -47,7 +47,6 @@ from jwt.algorithms import ECAlgorithm
 
 from mcp_proxy.auth.mint import mint_token
 from mcp_proxy.config import ConfigError, load
-from mcp_proxy.demo_tiers import tiers_section
 from mcp_proxy.server import ProxyServer
 
 ISSUER = "https://idp.example.com"
@@ -420,6 +419,8 @@ class Demo:
         await self.steady_section()
         await self.slowdown_section()
         await self.failover_section()
+        from mcp_proxy.demo_tiers import tiers_section  # it builds on this module's backend
+
         await tiers_section(self.folder, say)
         say(f"\nThe traffic part took {time.monotonic() - started:.1f} s.")
 

@@ -21,6 +21,7 @@ import yaml
 from aiohttp import web
 
 from mcp_proxy.config import load
+from mcp_proxy.demo import DemoBackend, PoolPlan
 from mcp_proxy.server import ProxyServer
 
 TIERS = (("onprem", "on-prem", 4), ("private", "private", 4), ("public", "public", 0))
@@ -30,32 +31,14 @@ WAIT = 10.0  # bound on waiting for the burst to arrive
 Say = Callable[..., None]
 
 
-class HeldBackend:
-    """Answers once `release` is set; counts what is in flight and what it served."""
+class HeldBackend(DemoBackend):
+    """A demo backend that answers once `release` is set; counts what is in flight."""
 
-    def __init__(self, name: str, release: asyncio.Event) -> None:
+    def __init__(self, name: str, kind: str, release: asyncio.Event) -> None:
+        super().__init__(PoolPlan(name, kind, 0.0, 0.0, "demo"))
         self.name = name
         self.release = release
         self.inflight = 0
-        self.served = 0
-        self.runner: web.AppRunner | None = None
-        self.port = 0
-
-    def __repr__(self) -> str:
-        return f"<HeldBackend {self.name} :{self.port} inflight={self.inflight}>"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self.runner.addresses[0][1]
 
     async def _handle(self, request: web.Request) -> web.Response:
         if request.path == "/healthz":
@@ -67,11 +50,6 @@ class HeldBackend:
             return web.json_response({"pool": self.name}, headers={"X-Demo-Pool": self.name})
         finally:
             self.inflight -= 1
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            runner, self.runner = self.runner, None
-            await runner.cleanup()
 
 
 def tiers_config(backends: list[HeldBackend]) -> dict[str, Any]:
@@ -103,7 +81,7 @@ def tiers_config(backends: list[HeldBackend]) -> dict[str, Any]:
 async def tiers_section(folder: Path, say: Say) -> None:
     say("\n5. Failover tiers: on-prem (max_inflight 4) -> private (max_inflight 4) -> public")
     release = asyncio.Event()
-    backends = [HeldBackend(name, release) for name, _, _ in TIERS]
+    backends = [HeldBackend(name, kind, release) for name, kind, _ in TIERS]
     for backend in backends:
         await backend.start()
     path = folder / "tiers.yaml"

@@ -37,13 +37,12 @@ capacity to make them wait there instead.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from mcp_proxy.upstream.balancer import Candidate, Policy
+from mcp_proxy.upstream.balancer import Candidate, Policy, fewest_in_flight
 
 MIN_RAMP = 0.1  # a backend in slow start gets at least this share of its weight (Envoy's 10%)
 
@@ -177,20 +176,8 @@ def panic_pick(
 ) -> M | None:
     """Panic: the fewest in flight per weight among all backends with room, health ignored;
     ties at random."""
-    best: M | None = None
-    best_load = math.inf
-    ties = 0
-    for backend in backends:
-        if is_full(backend) or (exclude and backend in exclude):
-            continue
-        load = (backend.inflight + 1) / backend.weight
-        if load < best_load:
-            best, best_load, ties = backend, load, 1
-        elif load == best_load:
-            ties += 1
-            if rng.randrange(ties) == 0:
-                best = backend
-    return best
+    room = [b for b in backends if not is_full(b) and not (exclude and b in exclude)]
+    return fewest_in_flight(room, rng)
 
 
 def is_full(backend: Member) -> bool:
