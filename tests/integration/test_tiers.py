@@ -297,3 +297,45 @@ async def test_explain_gives_each_reason(tmp_path: Path) -> None:
         await proxy.stop()
         for backend in (sick, flaky, busy, cold):
             await backend.stop()
+
+
+async def test_explain_takes_hostile_queries_without_a_traceback(tmp_path: Path) -> None:
+    a = await Backend.start("a")
+    config = tier_config([[a]])
+    config["routes"].insert(0, {"name": "dots", "match": {"path_prefix": "/b"},
+                                "to": {"pools": ["t0"]}})  # fmt: skip
+    proxy = await Proxy.start(tmp_path, config)
+    try:
+        # The path is normalised as the HTTP engine does before routing: /a/../b is /b.
+        assert (await explain(proxy, "path=/a/../b"))[1]["route"] == "dots"
+        for query in ("path=x", "path=", "path=/%zz", "path=http://h/x", "header=:v"):
+            status, answer = await explain(proxy, query)
+            assert status == 400 and isinstance(answer["error"], str), query
+        status, answer = await explain(proxy, "method=BREW&path=/" + "a" * 4000 + "&header=x:" * 50)
+        assert status == 200 and answer["route"] == "all"
+        assert a.count() == 0
+    finally:
+        await proxy.stop()
+        await a.stop()
+
+
+async def test_a_backend_added_by_a_reload_starts_slow(tmp_path: Path) -> None:
+    a, b = await Backend.start("a"), await Backend.start("b")
+    config = tier_config([[a]], balancer={"slow_start": "60s"})
+    proxy = await Proxy.start(tmp_path, config)
+    try:
+        config["pools"]["t0"]["backends"].append({"url": b.url})
+        proxy.write_config(config)
+        status, result = await proxy.admin("/admin/reload", "POST")
+        assert (status, result["result"]) == (200, "ok"), result
+        _, answer = await explain(proxy, "path=/")
+        found = candidates(answer)
+        assert "reason" not in found[a.url]  # kept: no ramp
+        assert found[b.url]["reason"] == "slow_start" and found[b.url]["ramp"] < 0.2
+        async with proxy.client() as http:
+            landed = Counter([name for _, name in [await get(http) for _ in range(60)]])
+        assert landed["b"] < 20  # ~10% of its half share at first, not half
+    finally:
+        await proxy.stop()
+        await a.stop()
+        await b.stop()
