@@ -55,8 +55,8 @@ class Route:
     timeout: float
     retries: int
     # Failover order (one tier for `pools`/`selector`); `candidates` is all of them in order.
-    tiers: tuple[Tier[Backend], ...] = ()
-    tiering: Tiering = field(default_factory=Tiering)
+    tiers: tuple[Tier[Backend], ...]
+    tiering: Tiering
     observe_duration: Callable[[float], None] = field(repr=False, default=_ignore)
 
     def __repr__(self) -> str:
