@@ -170,7 +170,7 @@ def run_tiers(ctx: Context) -> ScenarioResult:
 
 
 SPILL_COLUMNS = ["target", "offered", "tier 0 share", "tier 1 share", "non-2xx + errors",
-                 "p50", "p99", "others' CPU"]  # fmt: skip
+                 "p50", "p99"]  # fmt: skip
 
 
 def _bad(run: dict[str, Any]) -> int:
@@ -188,7 +188,6 @@ def _spill_row(target: str, fraction: float, run: dict[str, Any]) -> list[str]:
         str(_bad(run)),
         ms(run, "p50"),
         ms(run, "p99"),
-        f"{run.get('others_cpu', 0):.2f}" if "others_cpu" in run else "-",
     ]
 
 
