@@ -13,9 +13,10 @@ mcp-proxy alone: both tier-0 processes are killed under 0.5 C load (failed reque
 until the spare's count moves), and slow start: one of two backends in one tier is killed and
 started again under load, and its share is read per second of the 10 s window.
 
-Bounded: each open-loop run is `RUN_S` seconds, the whole scenario about two minutes. Runs are
-not repeated while other processes disturb them (the machine this was written on is shared):
-each run records how much CPU other processes used meanwhile.
+Bounded: each open-loop run is `RUN_S` seconds, the whole scenario about two and a half
+minutes, every measurement taken once (not repeated when other processes disturbed it, as the
+closed-loop scenarios do): on a shared machine, read the ratios against nginx and HAProxy in
+the same run rather than the absolute figures.
 """
 
 from __future__ import annotations
