@@ -26,6 +26,11 @@ How this works (one request):
                   backend's live state), retry (budget, and when a retry is allowed), tiers
                   (failover tiers: Envoy's priority load, spill when full, slow start, panic;
                   `choose` is the PICK phase's one decision)
+    tls/          the public listener's TLS: certs (pairs checked: key, chain order, names,
+                  expiry), contexts (one per certificate, chosen by SNI), listener (each
+                  connection's handshake through the loop's TLS protocol, counted, bounded;
+                  only a finished one creates the client connection), session (what a request
+                  learns: version, verified client identity), throwaway (demo/bench CA)
     reload.py     validate, build, warm, swap one reference
     server.py     listeners, start-up and graceful shutdown;  admin.py  the admin endpoints
     explain.py    /admin/explain: the request path's own decisions, run dry

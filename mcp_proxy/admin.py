@@ -14,6 +14,7 @@ from mcp_proxy.explain import explain as explain_request
 if TYPE_CHECKING:
     from mcp_proxy.metrics import Metrics
     from mcp_proxy.runtime import Runtime, RuntimeRef
+    from mcp_proxy.tls.listener import TlsListener
 
 
 class Served(Protocol):
@@ -22,6 +23,7 @@ class Served(Protocol):
 
     metrics: Metrics
     ref: RuntimeRef | None
+    tls: TlsListener
 
     @property
     def runtime(self) -> Runtime: ...
@@ -65,6 +67,7 @@ def make_admin_app(server: Served, reloader: Reloads) -> web.Application:
                 "version": runtime.version,
                 "loaded_at": runtime.loaded_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
                 "source": runtime.source,
+                "tls": {"certificates": server.tls.describe()},  # [] on a plain listener
             }
         )
 

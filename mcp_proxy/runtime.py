@@ -58,6 +58,7 @@ class Route:
     tiers: tuple[Tier[Backend], ...]
     tiering: Tiering
     observe_duration: Callable[[float], None] = field(repr=False, default=_ignore)
+    client_cert: bool = False  # a verified client certificate is required (else 403)
 
     def __repr__(self) -> str:
         return f"<Route {self.name} candidates={len(self.candidates)} priority={self.priority}>"
@@ -253,6 +254,7 @@ def _build_route(
         tiers=tiers,
         tiering=Tiering(config.balancer.overprovisioning, config.balancer.panic == "all"),
         observe_duration=metrics.durations.get(route.name).observe,
+        client_cert=route.client_cert == "required",
     )
 
 

@@ -24,6 +24,7 @@ from mcp_proxy.metrics import Metrics
 from mcp_proxy.pipeline import Pipeline
 from mcp_proxy.reload import Reloader
 from mcp_proxy.runtime import Runtime, RuntimeRef
+from mcp_proxy.tls.listener import TlsListener
 
 log = logging.getLogger("mcp_proxy")
 
@@ -41,6 +42,7 @@ class ProxyServer:
         self.stopping = asyncio.Event()
         self.drained = asyncio.Event()  # set when the last client connection closes
         self.listen_address: tuple[str, int] = ("", 0)
+        self.tls = TlsListener(self.metrics.tls_handshakes, self.metrics.tls_cert_expiry)
         self.admin_address: tuple[str, int] = ("", 0)
 
     def __repr__(self) -> str:
@@ -82,9 +84,17 @@ class ProxyServer:
             self.connections.add(conn)
             return conn
 
+        tls = self.tls
+        tls.use(tls.prepare(runtime.config.tls))  # checked by load: only a race fails here
+
+        def accept() -> asyncio.BaseProtocol:  # TLS first when the listener speaks it
+            return (
+                tls.accept(connection, ref.current.client_settings.header_timeout) or connection()
+            )
+
         loop = asyncio.get_running_loop()
         self.listener = await loop.create_server(
-            connection, host, port, reuse_address=True, backlog=1024
+            accept, host, port, reuse_address=True, backlog=1024
         )
         self.listen_address = _bound(self.listener)
 
@@ -117,6 +127,7 @@ class ProxyServer:
         grace = self.runtime.config.drain_timeout if self.ref else 0.0
         if self.listener is not None:
             self.listener.close()
+        self.tls.close()  # a handshake still under way makes no connection
         for conn in list(self.connections):
             conn.start_draining()
         if self.connections:

@@ -15,6 +15,7 @@ from bench.scenarios.priority import run_priority
 from bench.scenarios.rates import run_openloop
 from bench.scenarios.slow import run_slow
 from bench.scenarios.tiers import run_tiers
+from bench.scenarios.tls import run_tls
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,17 @@ _ALL_LISTED = (
         uses_wrk=False,
         fixed_targets=("mcp-proxy", "nginx", "haproxy"),
         backends=3,
+    ),
+    Scenario(
+        "tls",
+        "HTTPS at the listener vs nginx (same ECDSA P-256 certificate): keep-alive req/s,"
+        " new TLS connections/s (full and resumed), latency at c=1",
+        run_tls,
+        duration=5.0,
+        warmup=1.0,
+        uses_wrk=True,
+        fixed_targets=("mcp-proxy", "nginx"),
+        tools=("openssl",),
     ),
 )
 SCENARIOS = {scenario.name: scenario for scenario in _ALL_LISTED}
