@@ -29,7 +29,12 @@ _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKey
 
 
 class CertificateProblem(Exception):
-    """A pair (or CA file) that cannot serve; the message is one line for the operator."""
+    """A pair (or CA file) that cannot serve; the message is one line for the operator, `part`
+    says which file of a pair is wrong ("cert" or "key")."""
+
+    def __init__(self, message: str, part: str = "cert") -> None:
+        super().__init__(message)
+        self.part = part
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,30 +58,39 @@ class LoadedPair:
 def load_pair(cert_path: str, key_path: str) -> LoadedPair:
     """Read and check one pair; CertificateProblem says what is wrong with it."""
     cert_pem = _read(cert_path)
-    chain = _certificates(cert_path, cert_pem)
-    key_pem = _read(key_path)
-    _check_key(chain[0], key_pem, key_path)
-    _check_order(chain)
-    leaf = chain[0]
+    key_pem = _read(key_path, part="key")
+    leaf = check_chain(cert_pem, key_pem, cert_path, key_path)[0]
     dns, addresses = _names(leaf)
     digest = hashlib.sha256(cert_pem + b"\0" + key_pem).hexdigest()
     return LoadedPair(cert_path, key_path, dns, addresses, leaf.not_valid_after_utc, digest)
 
 
+def check_chain(
+    cert_pem: bytes, key_pem: bytes, cert_name: str, key_name: str
+) -> tuple[x509.Certificate, ...]:
+    """The checks every pair gets, at both edges: the certificates parse, the key is an
+    unencrypted PEM key matching the first one, and each next certificate issued the one
+    before it. Returns the chain, leaf first."""
+    chain = certificates(cert_name, cert_pem)
+    _check_key(chain[0], key_pem, key_name)
+    _check_order(chain)
+    return chain
+
+
 def load_ca(path: str) -> tuple[x509.Certificate, ...]:
-    return _certificates(path, _read(path))
+    return certificates(path, _read(path))
 
 
-def _read(path: str) -> bytes:
+def _read(path: str, part: str = "cert") -> bytes:
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
-        raise CertificateProblem(f"{path}: no such file") from None
+        raise CertificateProblem(f"{path}: no such file", part) from None
     except OSError as exc:
-        raise CertificateProblem(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise CertificateProblem(f"{path}: cannot read: {exc.strerror or exc}", part) from None
 
 
-def _certificates(path: str, data: bytes) -> tuple[x509.Certificate, ...]:
+def certificates(path: str, data: bytes) -> tuple[x509.Certificate, ...]:
     try:
         return tuple(x509.load_pem_x509_certificates(data))
     except ValueError:
@@ -88,13 +102,13 @@ def _check_key(leaf: x509.Certificate, pem: bytes, path: str) -> None:
         key = serialization.load_pem_private_key(pem, password=None)
     except TypeError:
         raise CertificateProblem(
-            f"{path}: the key is encrypted (give an unencrypted key)"
+            f"{path}: the key is encrypted (give an unencrypted key)", "key"
         ) from None
     except (ValueError, UnsupportedAlgorithm):
-        raise CertificateProblem(f"{path}: not a PEM private key") from None
+        raise CertificateProblem(f"{path}: not a PEM private key", "key") from None
     if key.public_key().public_bytes(*_SPKI) != leaf.public_key().public_bytes(*_SPKI):
         raise CertificateProblem(
-            f"{path}: the key does not match the certificate ({_subject(leaf)})"
+            f"{path}: the key does not match the certificate ({_subject(leaf)})", "key"
         )
 
 

@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from pathlib import Path
 
 from mcp_proxy.config.model import BackendConfig, Config, PoolConfig
 from mcp_proxy.upstream.health import Hysteresis, OutlierState, may_eject
 from mcp_proxy.upstream.pool import ConnectionPool
 from mcp_proxy.upstream.rtt import PeakEwma
 from mcp_proxy.upstream.tiers import slow_start_factor
+from mcp_proxy.upstream.tls import UpstreamTls, build
 
 log = logging.getLogger("mcp_proxy.health")
 
@@ -75,6 +77,7 @@ class Backend:
         backend: BackendConfig,
         config: Config,
         loop: asyncio.AbstractEventLoop,
+        tls: UpstreamTls | None = None,
         joined_at: float = -math.inf,
     ) -> None:
         self.pool = pool_name
@@ -103,7 +106,7 @@ class Backend:
             backend.url,
             backend.host,
             backend.port,
-            tls=backend.scheme == "https",
+            tls=_for_scheme(backend, tls),
             connect_timeout=upstream.connect_timeout,
             idle_timeout=upstream.idle_timeout,
             max_idle=upstream.max_idle_per_backend,
@@ -141,8 +144,14 @@ class Backend:
             return "full"
         return "slow_start" if self.ramp(now) < 1.0 else None
 
-    def reconfigure(self, pool: PoolConfig, backend: BackendConfig, config: Config) -> None:
-        """A reload kept this backend: take the new weight and cost, keep the live state."""
+    def reconfigure(
+        self,
+        pool: PoolConfig,
+        backend: BackendConfig,
+        config: Config,
+        tls: UpstreamTls | None = None,
+    ) -> None:
+        """A reload kept this backend: take the new weight, cost and TLS, keep the live state."""
         self.config = backend
         self.weight = backend.weight
         self.max_inflight = backend.max_inflight or 0
@@ -157,6 +166,7 @@ class Backend:
         connections.connect_timeout = upstream.connect_timeout
         connections.idle_timeout = upstream.idle_timeout
         connections.max_idle = upstream.max_idle_per_backend
+        connections.use_tls(_for_scheme(backend, tls))
 
     def record(self, ok: bool, now: float, max_ejected_percent: int) -> bool:
         """A passive signal from real traffic; returns True when it ejected the backend."""
@@ -195,3 +205,10 @@ class Backend:
             f"<Backend {self.pool} {self.url} healthy={self.health.healthy} "
             f"inflight={self.inflight} rtt={self.rtt!r} {self.outlier!r} {self.connections!r}>"
         )
+
+
+def _for_scheme(backend: BackendConfig, tls: UpstreamTls | None) -> UpstreamTls | None:
+    """An https backend always speaks TLS: without its pool's settings, the defaults."""
+    if backend.scheme != "https":
+        return None
+    return tls if tls is not None else build("(default)", None, Path("."))

@@ -21,7 +21,7 @@ def make(loop: asyncio.AbstractEventLoop, joined_at: float = float("-inf")) -> B
         }
     )  # fmt: skip
     pool = config.pools["p"]
-    return Backend("p", pool, pool.backends[0], config, loop, joined_at)
+    return Backend("p", pool, pool.backends[0], config, loop, joined_at=joined_at)
 
 
 async def test_full_is_unavailable_but_still_serving() -> None:
