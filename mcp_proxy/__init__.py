@@ -24,7 +24,9 @@ How this works (one request):
                   (hysteresis, outlier ejection), health_check (probe loops), dns (aiodns
                   refresh), pool (idle keep-alive connections per backend), backend (one
                   backend's live state), retry (budget, and when a retry is allowed), tls
-                  (one verifying client context per pool, its files, session resumption)
+                  (one verifying client context per pool, its files, session resumption), tiers
+                  (failover tiers: Envoy's priority load, spill when full, slow start, panic;
+                  `choose` is the PICK phase's one decision)
     tls/          the public listener's TLS: certs (pairs checked: key, chain order, names,
                   expiry), contexts (one per certificate, chosen by SNI), listener (each
                   connection's handshake through the loop's TLS protocol, counted, bounded;
@@ -32,6 +34,7 @@ How this works (one request):
                   learns: version, verified client identity), throwaway (demo/bench CA)
     reload.py     validate, build, warm, swap one reference
     server.py     listeners, start-up and graceful shutdown;  admin.py  the admin endpoints
+    explain.py    /admin/explain: the request path's own decisions, run dry
     metrics.py    every Prometheus collector; tally.py  per-request counts read at scrape time
     build.py      which modules run compiled (setup.py: MCP_PROXY_COMPILE=1 compiles the
                   request path with mypyc);  demo.py  `mcp-proxy demo` (demo_stream.py its SSE

@@ -10,6 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from mcp_proxy.admin_auth import write_guard
 from mcp_proxy.admin_registration import add_registration_routes, registration_fields
+from mcp_proxy.explain import BadQuery, parse_query, routes_document
+from mcp_proxy.explain import explain as explain_request
 
 if TYPE_CHECKING:
     from mcp_proxy.metrics import Metrics
@@ -50,6 +52,16 @@ def make_admin_app(server: Served, reloader: Reloads) -> web.Application:
     async def backends(request: web.Request) -> web.Response:
         return web.json_response(backends_document(server))
 
+    async def explain(request: web.Request) -> web.Response:
+        try:
+            method, path, host, headers = parse_query(
+                request.query, request.query.getall("header", [])
+            )
+        except BadQuery as bad:
+            return web.json_response({"error": str(bad)}, status=400)
+        found = explain_request(server.runtime, method, path, host, headers, time.monotonic())
+        return web.json_response(found or {"route": None}, status=200 if found else 404)
+
     async def config(request: web.Request) -> web.Response:
         runtime = server.runtime
         return web.json_response(
@@ -72,6 +84,7 @@ def make_admin_app(server: Served, reloader: Reloads) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/admin/backends", backends)
     app.router.add_get("/admin/config", config)
+    app.router.add_get("/admin/explain", explain)
     app.router.add_post("/admin/reload", reload)
     add_registration_routes(app, server)
     return app
@@ -103,4 +116,4 @@ def backends_document(server: Served) -> dict[str, Any]:
                 ],
             }
         )
-    return {"pools": pools}
+    return {"pools": pools, "routes": routes_document(runtime, now)}

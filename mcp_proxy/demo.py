@@ -431,6 +431,9 @@ class Demo:
         await self.steady_section()
         await self.slowdown_section()
         await self.failover_section()
+        from mcp_proxy.demo_tiers import tiers_section  # it builds on this module's backend
+
+        await tiers_section(self.folder, say)
         say(f"\nThe traffic part took {time.monotonic() - started:.1f} s.")
 
     def intro(self) -> None:

@@ -12,7 +12,7 @@ from time import monotonic
 from typing import Any, Final, Protocol
 
 from mcp_proxy.auth import Identity
-from mcp_proxy.errors import ProxyError
+from mcp_proxy.errors import ANY_METHOD, ProxyError
 from mcp_proxy.http1 import wire
 from mcp_proxy.http1.exchange import Request
 from mcp_proxy.http1.upstream import ResponseHead, UpstreamConnection
@@ -171,7 +171,10 @@ def may_retry(flight: Flight, error: ProxyError, backend: Backend) -> bool:
     if not retry_allowed(error.retry, flight.attempts, retries, whole, idempotent):
         return False
     flight.tried.append(backend)
-    return flight.runtime.retry_budget.can_retry(monotonic())
+    # The budget bounds the extra work retries ask of backends. A request that never reached
+    # one (a refused or timed-out connect: ANY_METHOD) asks none by going elsewhere, so it is
+    # not held to the budget: failing over a dead tier under load must not turn into 502s.
+    return error.retry == ANY_METHOD or flight.runtime.retry_budget.can_retry(monotonic())
 
 
 def may_retry_status(flight: Flight, now: float) -> bool:

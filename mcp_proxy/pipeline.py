@@ -29,6 +29,7 @@ from typing import Any, Final, cast
 from mcp_proxy.accesslog import AccessLog
 from mcp_proxy.auth import Identity, authorize, bearer_token
 from mcp_proxy.errors import (
+    ANY_METHOD,
     AuthError,
     ClientGone,
     Forbidden,
@@ -64,6 +65,7 @@ from mcp_proxy.metrics import Metrics
 from mcp_proxy.runtime import RuntimeRef
 from mcp_proxy.tls.session import verified_client
 from mcp_proxy.tunnels import Tunnels
+from mcp_proxy.upstream.tiers import nothing_available
 
 log = logging.getLogger("mcp_proxy")
 
@@ -235,9 +237,10 @@ class Pipeline:
         if backend is None:
             backend = route.pick(now, self.rng, flight.tried)
             if backend is None:
-                raise flight.last_error or NoHealthyBackend()
+                raise flight.last_error or NoHealthyBackend(nothing_available(route.tiers, now))
             if flight.last_error is not None:  # a retry counts once it has somewhere to go
-                runtime.retry_budget.record_retry(now)
+                if flight.last_error.retry != ANY_METHOD:  # nothing sent: not budgeted (flight)
+                    runtime.retry_budget.record_retry(now)
                 runtime.count_retry()
             flight.attempts += 1
             # A WebSocket upgrade never goes on a pooled connection (nor returns to the pool).

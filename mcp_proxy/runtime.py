@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import random
 import time
-from collections.abc import Callable, Collection, Container, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,10 +32,8 @@ from mcp_proxy.config.model import (
     BackendConfig,
     Config,
     PoolConfig,
-    PoolSet,
     RouteConfig,
     ScopesConfig,
-    TargetConfig,
 )
 from mcp_proxy.http1.settings import ClientSettings
 from mcp_proxy.mirror import Mirrors, MirrorTarget
@@ -46,6 +45,7 @@ from mcp_proxy.upstream.balancer import Policy, make_policy
 from mcp_proxy.upstream.dns import DnsRefresher
 from mcp_proxy.upstream.health_check import HealthChecker
 from mcp_proxy.upstream.retry import RetryBudget
+from mcp_proxy.upstream.tiers import Tier, Tiering, choose
 from mcp_proxy.upstream.tls import UpstreamTls, log_changes, pool_contexts
 
 if TYPE_CHECKING:
@@ -66,6 +66,9 @@ class Route:
     priority: int
     timeout: float
     retries: int
+    # Failover order (one tier for `pools`/`selector`); `candidates` is all of them in order.
+    tiers: tuple[Tier[Backend], ...]
+    tiering: Tiering
     observe_duration: Callable[[float], None] = field(repr=False, default=_ignore)
     client_cert: bool = False  # a verified client certificate is required (else 403)
     # The pools whose backends are `candidates` (each split side's, in order), kept so that
@@ -74,10 +77,11 @@ class Route:
     split: Split[Backend] | None = None
     mirror: MirrorTarget | None = None
 
-    def pick(self, now: float, rng: random.Random, exclude: Container[Backend]) -> Backend | None:
-        """The backend for the next attempt (a split chooses its side first)."""
+    def pick(self, now: float, rng: random.Random, exclude: Sequence[Backend]) -> Backend | None:
+        """The backend for the next attempt: a split chooses its side first, else the tier
+        choice (tiers.choose, which /admin/explain calls too) with the route's policy."""
         if self.split is None:
-            return self.policy.pick(self.candidates, now, rng, exclude)
+            return choose(self.tiers, self.policy, self.tiering, now, rng, exclude)
         return self.split.pick(now, rng, exclude)
 
     def names(self, pools: Collection[str], mirror: bool = True) -> bool:
@@ -93,6 +97,12 @@ class Route:
         self.candidates = _chain(sides)
         if self.split is not None:
             self.split.sides = tuple(sides)
+            every_pool = tuple(name for names in self.pool_names for name in names)
+            self.tiers = (Tier(every_pool, self.candidates),)  # what explain and a 503 read
+        else:
+            self.tiers = tuple(
+                Tier(names, side) for names, side in zip(self.pool_names, sides, strict=True)
+            )
         if self.mirror is not None:
             self.mirror.candidates = _chain(pools[name] for name in self.mirror.pool_names)
 
@@ -288,7 +298,7 @@ class Runtime:
 
     def healthy_backends(self) -> int:
         now = time.monotonic()
-        return sum(backend.available(now) for backend in self.backends.values())
+        return sum(backend.serving(now) for backend in self.backends.values())
 
     async def close(self, keep: frozenset[tuple[str, str]] = frozenset()) -> None:
         """Release what this snapshot alone holds; backends in `keep` live on in the next one."""
@@ -350,6 +360,9 @@ def _build_pools(
     """Each pool's backends: the previous snapshot's object where it has the same (pool, url),
     else a new one. Kept backends are returned with their new settings, applied at the swap."""
     old = previous.backends if previous is not None else {}
+    # A backend a reload adds starts its slow start now; at first start-up nobody ramps (all
+    # would ramp together, which only shifts traffic between tiers for nothing).
+    joined_at = time.monotonic() if previous is not None else -math.inf
     pools: dict[str, tuple[Backend, ...]] = {}
     kept: list[_Kept] = []
     for name, pool in config.pools.items():
@@ -357,7 +370,9 @@ def _build_pools(
         for backend_config in pool.backends:
             backend = old.get((name, backend_config.url))
             if backend is None:
-                backend = Backend(name, pool, backend_config, config, loop, tls.get(name))
+                backend = Backend(
+                    name, pool, backend_config, config, loop, tls.get(name), joined_at
+                )
             else:
                 kept.append((backend, pool, backend_config))
             backends.append(backend)
@@ -395,25 +410,32 @@ def _build_route(
         priority=admission.classes.index(priority),
         timeout=route.timeout,
         retries=route.retries,
+        tiers=(),
+        tiering=Tiering(config.balancer.overprovisioning, config.balancer.panic == "all"),
         observe_duration=metrics.durations.get(route.name).observe,
-        pool_names=tuple(_pool_names(side, config) for side in split or (route.to,)),
+        pool_names=_pool_sets(route, config),
         client_cert=route.client_cert == "required",
     )
     if split is not None:
         policies: list[Policy[Backend]] = [make_policy(config.balancer) for _ in split]
         built.split = Split([side.weight for side in split], [() for _ in split], policies)
     if route.mirror is not None:
-        names = _pool_names(route.mirror, config)
+        names = tuple(route.mirror.pool_names(config.pools))
         built.mirror = MirrorTarget(names, make_policy(config.balancer), route.mirror.percent)
     built.refresh(pools)
     return built
 
 
-def _pool_names(target: PoolSet | TargetConfig, config: Config) -> tuple[str, ...]:
-    if target.pools is not None:
-        return target.pools
-    selector = target.selector or {}
-    return tuple(name for name, pool in config.pools.items() if pool.matches(selector))
+def _pool_sets(route: RouteConfig, config: Config) -> tuple[tuple[str, ...], ...]:
+    """The route's pool sets, in order: its split's sides, or its tiers, or its one set."""
+    to = route.to
+    if to.split is not None or to.tiers is not None:
+        sets = to.split or to.tiers or ()
+        return tuple(tuple(part.pool_names(config.pools)) for part in sets)
+    if to.pools is not None:
+        return (to.pools,)
+    selector = to.selector or {}
+    return (tuple(name for name, pool in config.pools.items() if pool.matches(selector)),)
 
 
 def _scopes(route: RouteConfig, config: Config) -> frozenset[str] | None:

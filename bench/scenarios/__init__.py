@@ -15,6 +15,7 @@ from bench.scenarios.mixed import run_mixed
 from bench.scenarios.priority import run_priority
 from bench.scenarios.rates import run_openloop
 from bench.scenarios.slow import run_slow
+from bench.scenarios.tiers import run_tiers
 from bench.scenarios.tls import run_tls
 
 
@@ -116,6 +117,17 @@ _ALL_LISTED = (
         uses_wrk=False,
         fixed_targets=("mcp-proxy",),
         tools=("slowhttptest",),
+    ),
+    Scenario(
+        "tiers",
+        "failover tiers: spill at 1.5 C / 0.5 C next to nginx backup+max_conns and HAProxy"
+        " backup+maxconn+slowstart; kill tier 0 under load; slow start shares",
+        run_tiers,
+        duration=8.0,
+        warmup=0.0,
+        uses_wrk=False,
+        fixed_targets=("mcp-proxy", "nginx", "haproxy"),
+        backends=3,
     ),
     Scenario(
         "tls",

@@ -253,6 +253,8 @@ def _target_problems(parts: Parts, index: int, route: RouteConfig) -> Iterator[P
         yield from _pool_set_problems(parts, (*path, "split", side_index), side)
     if route.mirror is not None:
         yield from _pool_set_problems(parts, ("routes", index, "mirror"), route.mirror)
+    if route.to.tiers is not None and parts.pools is not None:
+        yield from _tier_problems(parts.pools, index, route)
 
 
 def _pool_set_problems(
@@ -277,6 +279,28 @@ def _pool_set_problems(
     if not any(pool is not None and pool.matches(selector) for pool in pools.values()):
         wanted = ", ".join(f"{key}: {value}" for key, value in selector.items())
         yield Problem((*path, "selector"), f"{{{wanted}}} matches no pool's labels")
+
+
+def _tier_problems(
+    pools: Mapping[str, PoolConfig | None], index: int, route: RouteConfig
+) -> Iterator[Problem]:
+    """`to.tiers`: unknown pools, selectors that match nothing, a pool in two tiers."""
+    known = ", ".join(pools)
+    tier_of: dict[str, int] = {}
+    whole = None not in pools.values()  # else a selector might match a pool that failed
+    valid = {name: pool for name, pool in pools.items() if pool is not None}
+    for number, tier in enumerate(route.to.tiers or ()):
+        path: KeyPath = ("routes", index, "to", "tiers", number)
+        for position, pool in enumerate(tier.pools or ()):
+            if pool not in pools:
+                yield Problem((*path, "pools", position), f"unknown pool {pool!r} (known: {known})")
+        names = tier.pool_names(valid) if tier.selector is not None else list(tier.pools or ())
+        if tier.selector is not None and not names and whole:
+            wanted = ", ".join(f"{key}: {value}" for key, value in tier.selector.items())
+            yield Problem((*path, "selector"), f"{{{wanted}}} matches no pool (kind or labels)")
+        for name in names:
+            if tier_of.setdefault(name, number) != number:
+                yield Problem(path, f"pool {name!r} is already in tiers[{tier_of[name]}]")
 
 
 def _match_problems(index: int, route: RouteConfig) -> Iterator[Problem]:

@@ -99,6 +99,8 @@ BackendUrl = Annotated[StrictStr, AfterValidator(_check_backend_url)]
 class BackendConfig(Frozen):
     url: BackendUrl
     weight: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = 1.0
+    # At most this many requests to it at once; while full it is unavailable (tiers spill).
+    max_inflight: PositiveInt | None = None
 
     @property
     def scheme(self) -> str:
@@ -175,6 +177,11 @@ class BalancerConfig(Frozen):
     default_rtt: PositiveDuration = 0.030
     # Above this many candidates, pick between two random ones (P2C) instead of scanning all.
     p2c_threshold: PositiveInt = 16
+    # Failover tiers (upstream/tiers.py): Envoy's overprovisioning factor, the slow-start window
+    # (0: off) and what happens when no tier has an available backend.
+    overprovisioning: Annotated[float, Field(ge=1.0, le=100.0, allow_inf_nan=False)] = 1.4
+    slow_start: Duration = 0.0
+    panic: Literal["fail", "all"] = "fail"
 
 
 class OutlierConfig(Frozen):
@@ -302,7 +309,7 @@ class MatchConfig(Frozen):
 
 
 class PoolSet(Frozen):
-    """Pools named, or chosen by labels: exactly one of the two."""
+    """Pools named, or chosen by labels (a selector may also name `kind`): exactly one."""
 
     pools: Annotated[tuple[Name, ...], Field(min_length=1)] | None = None
     selector: Annotated[Labels, Field(min_length=1)] | None = None
@@ -312,6 +319,22 @@ class PoolSet(Frozen):
         if (self.pools is None) == (self.selector is None):
             raise ValueError("give exactly one of pools or selector")
         return self
+
+    def pool_names(self, pools: Mapping[str, PoolConfig]) -> list[str]:
+        """The set's pools, in config order for a selector."""
+        if self.pools is not None:
+            return list(self.pools)
+        wanted = dict(self.selector or {})
+        kind = wanted.pop("kind", None)
+        return [
+            name
+            for name, pool in pools.items()
+            if (kind is None or pool.kind == kind) and pool.matches(wanted)
+        ]
+
+
+class TierConfig(PoolSet):
+    """One failover tier of `to.tiers`."""
 
 
 class SplitSide(PoolSet):
@@ -330,12 +353,13 @@ class TargetConfig(Frozen):
     pools: Annotated[tuple[Name, ...], Field(min_length=1)] | None = None
     selector: Annotated[Labels, Field(min_length=1)] | None = None
     split: Annotated[tuple[SplitSide, ...], Field(min_length=2, max_length=16)] | None = None
+    tiers: Annotated[tuple[TierConfig, ...], Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> TargetConfig:
-        given = [self.pools is not None, self.selector is not None, self.split is not None]
-        if sum(given) != 1:
-            raise ValueError("give exactly one of pools, selector or split")
+        forms = (self.pools, self.selector, self.split, self.tiers)
+        if sum(form is not None for form in forms) != 1:
+            raise ValueError("give exactly one of pools, selector, split or tiers")
         return self
 
 

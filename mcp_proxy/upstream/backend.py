@@ -20,6 +20,7 @@ Two health signals meet here (decisions in `health.py`):
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 
 from mcp_proxy.config.model import BackendConfig, Config, PoolConfig
@@ -27,6 +28,7 @@ from mcp_proxy.upstream import healthlog
 from mcp_proxy.upstream.health import Hysteresis, OutlierState, may_eject
 from mcp_proxy.upstream.pool import ConnectionPool
 from mcp_proxy.upstream.rtt import PeakEwma
+from mcp_proxy.upstream.tiers import slow_start_factor
 from mcp_proxy.upstream.tls import UpstreamTls, build
 
 
@@ -54,11 +56,14 @@ class Backend:
         "health",
         "host_line",
         "inflight",
+        "joined_at",
         "kind",
+        "max_inflight",
         "outlier",
         "pool",
         "rtt",
         "served",
+        "slow_start",
         "url",
         "weight",
     )
@@ -71,6 +76,7 @@ class Backend:
         config: Config,
         loop: asyncio.AbstractEventLoop,
         tls: UpstreamTls | None = None,
+        joined_at: float = -math.inf,
     ) -> None:
         self.pool = pool_name
         self.kind = pool.kind
@@ -84,6 +90,10 @@ class Backend:
         self.cost_factor = 1.0 + config.balancer.cost_weight * pool.cost
         self.rtt = PeakEwma(config.balancer.decay, config.balancer.default_rtt)
         self.inflight = 0
+        self.max_inflight = backend.max_inflight or 0  # 0: no limit
+        # When it (re)joined: added by a reload, or back from unhealthy (slow start's clock).
+        self.joined_at = joined_at
+        self.slow_start = config.balancer.slow_start
         self.served = 0  # responses received from it (the health checker reads this)
         self.health = Hysteresis(config.health.healthy_threshold, config.health.unhealthy_threshold)
         self.outlier = Outlier(config.health.outlier)
@@ -107,7 +117,30 @@ class Backend:
         return (self.pool, self.url)
 
     def available(self, now: float) -> bool:
+        """May it take a request now: serving, and below its `max_inflight`."""
+        return (
+            self.health.healthy
+            and not self.outlier.is_ejected(now)
+            and not 0 < self.max_inflight <= self.inflight
+        )
+
+    def serving(self, now: float) -> bool:
+        """Healthy and not ejected, full or not (readiness and the ejection cap read this)."""
         return self.health.healthy and not self.outlier.is_ejected(now)
+
+    def ramp(self, now: float) -> float:
+        """Its slow-start factor now (1.0 once the window has passed)."""
+        return slow_start_factor(now - self.joined_at, self.slow_start)
+
+    def unavailable_reason(self, now: float) -> str | None:
+        """Why it takes no request now, or "slow_start" while it ramps; None otherwise."""
+        if not self.health.healthy:
+            return "unhealthy"
+        if self.outlier.is_ejected(now):
+            return "ejected"
+        if 0 < self.max_inflight <= self.inflight:
+            return "full"
+        return "slow_start" if self.ramp(now) < 1.0 else None
 
     def reconfigure(
         self,
@@ -119,6 +152,8 @@ class Backend:
         """A reload kept this backend: take the new weight, cost and TLS, keep the live state."""
         self.config = backend
         self.weight = backend.weight
+        self.max_inflight = backend.max_inflight or 0
+        self.slow_start = config.balancer.slow_start
         self.cost_factor = 1.0 + config.balancer.cost_weight * pool.cost
         self.groups = []
         health = config.health
@@ -147,6 +182,8 @@ class Backend:
         """An active probe result; returns True when it flipped the backend's health."""
         if not self.health.record(ok):
             return False
+        if self.health.healthy:
+            self.joined_at = now  # back: slow start ramps it up again
         if self.health.healthy and self.outlier.reinstate(now):
             healthlog.ejection_over(self.url, self.pool, "ended: health probes pass again")
         return True
@@ -160,7 +197,7 @@ class Backend:
         self, group: tuple[Backend, ...], now: float, max_ejected_percent: int
     ) -> bool:
         """Within the route's cap, and someone else in the route is still available?"""
-        others_available = any(other is not self and other.available(now) for other in group)
+        others_available = any(other is not self and other.serving(now) for other in group)
         return others_available and may_eject(
             [backend.outlier for backend in group], now, max_ejected_percent
         )

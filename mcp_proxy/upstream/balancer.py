@@ -121,6 +121,10 @@ class _LoadPolicy(Generic[C]):
     def _load(self, candidate: C, now: float) -> float:
         raise NotImplementedError
 
+    def load(self, candidate: C, now: float) -> float:
+        """The figure this policy ranks by (lower wins); `/admin/explain` shows it."""
+        return self._load(candidate, now)
+
     def pick(
         self,
         candidates: Sequence[C],
@@ -197,21 +201,25 @@ class LeastRequest(_LoadPolicy[C]):
     def _scan(
         self, candidates: Sequence[C], now: float, rng: random.Random, exclude: Container[C]
     ) -> C | None:
-        """The lowest load; among ties each is equally likely (reservoir sampling, no list)."""
-        best: C | None = None
-        best_load = math.inf
-        ties = 0
-        for candidate in candidates:
-            if not _usable(candidate, now, exclude):
-                continue
-            load = self._load(candidate, now)
-            if best is None or load < best_load:
-                best, best_load, ties = candidate, load, 1
-            elif load == best_load:
-                ties += 1
-                if rng.randrange(ties) == 0:
-                    best = candidate
-        return best
+        usable = [candidate for candidate in candidates if _usable(candidate, now, exclude)]
+        return fewest_in_flight(usable, rng)
+
+
+def fewest_in_flight(candidates: Sequence[C], rng: random.Random) -> C | None:
+    """The fewest `(inflight + 1) / weight`; among ties each is equally likely (reservoir
+    sampling). Also the tiers' panic pick, which chooses its candidates by other rules."""
+    best: C | None = None
+    best_load = math.inf
+    ties = 0
+    for candidate in candidates:
+        load = (candidate.inflight + 1) / candidate.weight
+        if best is None or load < best_load:
+            best, best_load, ties = candidate, load, 1
+        elif load == best_load:
+            ties += 1
+            if rng.randrange(ties) == 0:
+                best = candidate
+    return best
 
 
 class RoundRobin(Generic[C]):

@@ -53,12 +53,16 @@ def test_demo_shows_auth_balancing_and_failover() -> None:
     # Shares, not timings: 2 ms against 25 ms, and 40 ms against 8 ms, leave room for a busy host.
     assert steady["onprem-dc1"] > steady["public-cloud"]
     assert slowed["private-cloud"] > slowed["onprem-dc1"]
-    failover = section(out, "4. Failover", "The traffic part took")
+    failover = section(out, "4. Failover", "5. Failover tiers")
     assert "share before" in failover and "share after" in failover
     assert "failed requests: 0 of 60" in failover
     assert "marked private-cloud down" in failover
     assert "GET /admin/backends" in failover
     assert out.count("failed requests: 0") == 3
+    tiers = section(out, "5. Failover tiers", "The traffic part took")
+    assert "burst of 12 at once:  onprem 4  private 4  public 4" in tiers
+    assert '"reason": "full"' in tiers and '"route": "tiered"' in tiers
+    assert "one at a time: onprem 6  private 0  public 0" in tiers
 
 
 def test_port_in_use_is_one_line_and_exit_2() -> None:
