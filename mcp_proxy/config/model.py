@@ -360,6 +360,7 @@ class Config(Frozen):
     access_log: Annotated[AccessLogConfig, BeforeValidator(_access_log)] = AccessLogConfig()
     trusted_proxies: tuple[Network, ...] = ()  # peers whose X-Forwarded-* are kept
     headers_with_underscores: Literal["drop", "reject", "allow"] = "drop"
+    workers: Annotated[StrictInt, Field(ge=1, le=256)] | Literal["auto"] = 1  # workers/
 
     def is_trusted(self, peer_ip: str) -> bool:
         """May this peer's X-Forwarded-* headers be kept? (See `is_trusted`.)"""
