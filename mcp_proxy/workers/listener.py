@@ -1,14 +1,16 @@
 """How the workers share the public port.
 
-Measured on this project's 2-core VM (README "Workers"): with one listening socket inherited by
-every worker, whichever worker's event loop is idle when a connection arrives accepts it, and
-under wrk's 64 connections one worker took 80-90% of them (the busiest worker is also the
-first to return to epoll_wait: Cloudflare's "Why does one NGINX worker take all the load?").
-With SO_REUSEPORT each worker has its own socket and the kernel spreads connections by a hash
-of the 4-tuple: evenly, whoever is busy. That is the choice (gunicorn #2938 made the same move
-for the same reason). Its cost: connections still in a socket's accept queue when that socket
-closes are reset, so a worker stops accepting only when the whole group stops (Kubernetes
-removes the pod from the endpoints first, preStop), or when it dies.
+With one listening socket inherited by every worker, whichever worker's event loop wakes first
+accepts, and epoll wakes the most recently waiting one first: the worker that just finished
+its work takes the next connection too, and at moderate load one worker serves most of them
+while the others idle (Cloudflare, "Why does one NGINX worker take all the load?"). With
+SO_REUSEPORT each worker has its own socket and the kernel spreads connections by a hash of the
+4-tuple, whoever is busy. Measured here (2 workers, wrk -c16/-c64 for 4-6 s, a shared, busy
+2-core VM; README "Workers"): the busiest worker's share of requests was 54-72% with the shared
+socket and 51-54% with SO_REUSEPORT, over three runs each. SO_REUSEPORT is the choice, as in
+nginx (`reuseport`) and gunicorn's move to it (#2938). Its cost: connections still in a
+socket's accept queue when it closes are reset, so a worker closes its socket only when the
+group stops (Kubernetes has removed the pod from the endpoints by then: preStop) or it dies.
 
 The supervisor holds one socket bound to the address with SO_REUSEPORT but never listening: it
 keeps the port (an ephemeral port 0 becomes a real one the workers then bind), and a socket

@@ -75,6 +75,14 @@ async def test_one_group_spreads_adds_up_replaces_a_killed_worker_and_drains(
         assert await group.metric("mcp_proxy_worker_restarts_total") == 1
         assert f"worker 0 (pid {victim['pid']}) exited with signal SIGKILL" in group.stderr()
 
+        # A reload: the answer comes once every worker runs the new version.
+        group.write_config({**config, "drain_timeout": "19s"})
+        status, result = await group.admin("/admin/reload", "POST")
+        assert status == 200 and result["result"] == "ok", result
+        _, view = await group.admin("/admin/config")
+        assert view["version"] == result["version"] and view["lagging"] == []
+        assert {w["version"] for w in view["workers"]} == {result["version"]}
+
         # SIGTERM: requests in flight in every worker finish, new connections are refused.
         backend.release = asyncio.Event()
         in_flight = [asyncio.create_task(get_status(group.url(f"/slow/{i}"))) for i in range(8)]
@@ -95,18 +103,25 @@ def _refused(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-async def test_a_reload_reaches_every_worker_or_none(tmp_path: Path, backend: Backend) -> None:
+async def test_a_configmap_update_reaches_every_worker_and_a_refused_one_none(
+    tmp_path: Path, backend: Backend
+) -> None:
     other = await Backend.start("dc2")
     idp = await FailsAfterFirstFetch.start(public_jwk(rsa_key(0), "k0"))
-    group = await Group.start(tmp_path, simple_config(backend))
+    group = await Group.start(tmp_path, simple_config(backend), configmap=True)
     try:
-        # A config every worker takes: the answer comes once all of them run it.
+        # The kubelet swaps ..data: the supervisor sees it and every worker takes it.
+        _, before = await group.admin("/admin/config")
         group.write_config(simple_config(other))
-        status, result = await group.admin("/admin/reload", "POST")
-        assert status == 200 and result["result"] == "ok"
-        _, config = await group.admin("/admin/config")
-        assert config["version"] == result["version"] and config["lagging"] == []
-        assert {w["version"] for w in config["workers"]} == {result["version"]}
+
+        async def every_worker_moved() -> bool:
+            _, config = await group.admin("/admin/config")
+            versions = {w["version"] for w in config["workers"]}
+            return config["version"] != before["version"] and versions == {config["version"]}
+
+        await eventually(every_worker_moved, timeout=10)
+        _, result = await group.admin("/admin/config")
+        assert result["lagging"] == []
         statuses = await asyncio.gather(*[get_status(group.url()) for _ in range(20)])
         assert statuses == [200] * 20 and other.count() == 20 and backend.count() == 0
         assert await group.metric('mcp_proxy_config_reloads_total{result="ok"}') == 1

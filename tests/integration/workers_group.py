@@ -3,11 +3,16 @@
 group = await Group.start(tmp_path, config_dict, workers=2)   # ready: every worker up
 await group.admin("/admin/workers")                            # (status, JSON)
 await group.stop()                                             # SIGTERM; the exit code
+
+With `configmap=True` the config lives in the layout the kubelet gives a ConfigMap volume, and
+`write_config` updates it as the kubelet does (`ConfigMapDir`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -25,6 +30,7 @@ class Group:
     def __init__(
         self, process: asyncio.subprocess.Process, path: Path, port: int, admin: int, count: int
     ) -> None:
+        self.configmap: ConfigMapDir | None = None
         self.count = count
         self.process = process
         self.path = path
@@ -34,19 +40,24 @@ class Group:
 
     @classmethod
     async def start(
-        cls, tmp_path: Path, config: dict[str, Any], workers: int | str = 2, **env: str
+        cls, tmp_path: Path, config: dict[str, Any], workers: int | str = 2, configmap: bool = False
     ) -> Group:
         port, admin = free_port(), free_port()
         config = {**config, "listen": f"127.0.0.1:{port}", "admin": f"127.0.0.1:{admin}",
                   "workers": workers}  # fmt: skip
-        path = tmp_path / "proxy.yaml"
-        path.write_text(yaml.safe_dump(config))
+        mount = ConfigMapDir(tmp_path / "etc") if configmap else None
+        path = tmp_path / "proxy.yaml" if mount is None else mount.root / "proxy.yaml"
+        if mount is None:
+            path.write_text(yaml.safe_dump(config))
+        else:
+            mount.write("proxy.yaml", yaml.safe_dump(config))
         with (tmp_path / "stderr").open("wb") as stderr:  # the child has its own copy
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mcp_proxy", "run", "-c", str(path), cwd=REPO,
-                stdout=asyncio.subprocess.DEVNULL, stderr=stderr, env={**_environ(), **env},
+                stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
             )  # fmt: skip
         group = cls(process, path, port, admin, workers if isinstance(workers, int) else 1)
+        group.configmap = mount
         try:
             await eventually(group._ready, timeout=30)
         except BaseException:
@@ -89,7 +100,11 @@ class Group:
     def write_config(self, config: dict[str, Any]) -> None:
         current = yaml.safe_load(self.path.read_text())
         keep = {key: current[key] for key in ("listen", "admin", "workers")}
-        self.path.write_text(yaml.safe_dump({**config, **keep}))
+        text = yaml.safe_dump({**config, **keep})
+        if self.configmap is None:
+            self.path.write_text(text)
+        else:
+            self.configmap.write(self.path.name, text)
 
     def stderr(self) -> str:
         return (self.path.parent / "stderr").read_text()
@@ -107,7 +122,26 @@ class Group:
             await self.process.wait()
 
 
-def _environ() -> dict[str, str]:
-    import os
+class ConfigMapDir:
+    """A ConfigMap volume as the kubelet lays it out: the files are symlinks through `..data`,
+    itself a symlink to a timestamped folder; an update writes a new folder, points a temporary
+    link at it and renames that over `..data` (one atomic step), then removes the old one."""
 
-    return dict(os.environ)
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.updates = 0
+        root.mkdir(parents=True)
+
+    def write(self, name: str, text: str) -> None:
+        self.updates += 1
+        old = sorted(self.root.glob("..2*"))
+        stamped = self.root / f"..2026_12_02_04_00_{self.updates:02d}.{os.getpid()}"
+        stamped.mkdir()
+        (stamped / name).write_text(text)
+        link = self.root / "..data_tmp"
+        link.symlink_to(stamped.name)
+        os.replace(link, self.root / "..data")
+        if not (self.root / name).is_symlink():
+            (self.root / name).symlink_to(f"..data/{name}")
+        for folder in old:
+            shutil.rmtree(folder)
