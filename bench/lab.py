@@ -228,13 +228,15 @@ class Lab:
         )
         return service
 
-    def start_nginx_proxy(self, backends: Sequence[Addr], balance: str) -> Service:
+    def start_nginx_proxy(
+        self, backends: Sequence[Addr], balance: str, workers: int = 1
+    ) -> Service:
         name = self._name("nginx")
         workdir = self.work_dir / name
         workdir.mkdir()
         conf = self._config_path(name, "conf")
         conf.write_text(
-            configs.nginx_proxy_conf(workdir, (HOST, self.ports.nginx), backends, balance)
+            configs.nginx_proxy_conf(workdir, (HOST, self.ports.nginx), backends, balance, workers)
         )
         return self._start_nginx(name, conf, workdir, self.cpus.proxy)
 

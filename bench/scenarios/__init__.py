@@ -14,6 +14,7 @@ from bench.scenarios.mixed import run_mixed
 from bench.scenarios.priority import run_priority
 from bench.scenarios.rates import run_openloop
 from bench.scenarios.slow import run_slow
+from bench.scenarios.workers import run_workers
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,16 @@ _ALL_LISTED = (
         uses_wrk=False,
         fixed_targets=("mcp-proxy",),
         tools=("slowhttptest",),
+    ),
+    Scenario(
+        "workers",
+        "mcp-proxy with 1..N workers vs nginx with as many worker processes; 2 workers under"
+        " load through 50 reloads and a killed worker",
+        run_workers,
+        duration=5.0,
+        warmup=1.0,
+        uses_wrk=True,
+        fixed_targets=("mcp-proxy", "nginx"),
     ),
 )
 SCENARIOS = {scenario.name: scenario for scenario in _ALL_LISTED}
