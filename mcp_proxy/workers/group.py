@@ -192,6 +192,15 @@ class GroupServer(ProxyServer):
         super().install_signal_handlers()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+        # A terminal's Ctrl-C reaches the workers too, and one may exit before this process
+        # gets to `stop`: it must not be restarted.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop_requested)
+
+    def _stop_requested(self) -> None:
+        if self._workers is not None:
+            self._workers.stopping = True
+        self.stopping.set()
 
     def _reopen_logs(self) -> None:
         if self.access_log is not None:

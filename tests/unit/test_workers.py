@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +130,14 @@ async def test_ipc_asks_answers_and_fails_pending_requests_when_the_peer_goes() 
     with pytest.raises(ChannelClosed):
         await left.request({"op": "double", "value": 1}, timeout=5)
     await left.close()
+
+
+def test_the_workers_bench_pins_the_proxy_to_n_cpus_only_when_one_is_left_over() -> None:
+    from bench.configs import nginx_proxy_conf
+    from bench.scenarios.workers import step_plan
+
+    plan = step_plan([0, 1, 2, 3], 2)
+    assert plan.proxy == frozenset({0, 1}) and plan.load == frozenset({2, 3})
+    assert step_plan([0, 1], 2).proxy is None  # 2 workers on a 2-core machine: shared
+    conf = nginx_proxy_conf(Path("/tmp"), ("127.0.0.1", 8080), [("127.0.0.1", 8081)], workers=3)
+    assert "worker_processes 3;" in conf and "reuseport" in conf
