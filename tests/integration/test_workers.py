@@ -184,3 +184,23 @@ async def test_health_probes_run_once_for_the_group(tmp_path: Path) -> None:
 async def get_status_is(url: str, expected: int) -> bool:
     statuses = await asyncio.gather(*[get_status(url) for _ in range(10)])
     return statuses == [expected] * 10
+
+
+async def test_workers_1_is_one_process_and_workers_change_only_by_restart(
+    tmp_path: Path, backend: Backend
+) -> None:
+    from tests.integration.harness import Proxy
+
+    proxy = await Proxy.start(tmp_path, simple_config(backend))
+    try:
+        assert type(proxy.server).__name__ == "ProxyServer"  # no supervisor, no IPC
+        assert proxy.server.runtime.probing  # it probes its backends itself
+        proxy.write_config(simple_config(backend, workers=2))
+        status, result = await proxy.admin("/admin/reload", "POST")
+        assert status == 422
+        assert result["problems"] == [
+            "workers: cannot change from 1 to 2 by reload "
+            "(restart the process to change the number of workers)"
+        ]
+    finally:
+        await proxy.stop()

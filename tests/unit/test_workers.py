@@ -141,3 +141,24 @@ def test_the_workers_bench_pins_the_proxy_to_n_cpus_only_when_one_is_left_over()
     assert step_plan([0, 1], 2).proxy is None  # 2 workers on a 2-core machine: shared
     conf = nginx_proxy_conf(Path("/tmp"), ("127.0.0.1", 8080), [("127.0.0.1", 8081)], workers=3)
     assert "worker_processes 3;" in conf and "reuseport" in conf
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"\xff\xff\xff\xff", b"\x00\x00\x00\x02[]", b"\x00\x00\x00\x03{x}", b"\x00\x00\x00\x09{}"],
+    ids=["huge length", "not an object", "not JSON", "cut short"],
+)
+async def test_a_peer_that_sends_garbage_closes_the_channel_and_fails_what_waits(
+    garbage: bytes,
+) -> None:
+    ours, theirs = socket.socketpair()
+    channel = await Channel.open(ours)
+    channel.start()
+    waiting = asyncio.create_task(channel.request({"op": "status"}, timeout=5))
+    theirs.sendall(garbage)
+    theirs.shutdown(socket.SHUT_WR)  # "cut short": the rest never comes
+    with pytest.raises(ChannelClosed):
+        await waiting
+    assert channel.closed.is_set()
+    await channel.close()
+    theirs.close()
