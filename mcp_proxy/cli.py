@@ -131,13 +131,18 @@ def serve(loaded: LoadedConfig, log_level: str = "info") -> int:
 
     workers = loaded.config.workers
     count = available_cpus() if workers == "auto" else workers
+    # With workers, the zygote that forks them is forked now: everything imported, no event
+    # loop or thread running yet (workers/zygote.py).
+    from mcp_proxy.workers.zygote import Zygote
+
+    zygote = Zygote.fork() if count > 1 else None
 
     async def main() -> int:
         server = ProxyServer(loaded)
-        if count > 1:  # a supervisor and its workers (workers/); else one process, as always
+        if zygote is not None:  # a supervisor and its workers (workers/); else one process
             from mcp_proxy.workers.group import GroupServer
 
-            server = GroupServer(loaded, count, log_level)
+            server = GroupServer(loaded, count, log_level, zygote)
         try:
             await server.start()
         except Exception as exc:  # a port in use, a key source that cannot be used

@@ -3,8 +3,9 @@
 How this works. With `workers: 1` none of this runs: `mcp-proxy run` is one process, as
 before. With N > 1 the process that `run` starts is the supervisor (supervisor.py). It loads
 and validates the config, binds the admin listener, runs the health probes and DNS for the
-group (a Runtime of its own that serves no request), reserves the public port, and starts N
-workers (`python -m mcp_proxy.workers.worker`), each a whole proxy on its own event loop
+group (a Runtime of its own that serves no request), reserves the public port, and has N
+workers forked (zygote.py: from an interpreter that has imported everything, so a replacement
+serves within a fraction of a second), each a whole proxy on its own event loop
 (worker.py) that listens with SO_REUSEPORT on the same address (listener.py says why not one
 shared socket). Each worker talks to the supervisor over a socketpair (ipc.py).
 

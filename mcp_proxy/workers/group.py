@@ -29,6 +29,7 @@ from mcp_proxy.server import ProxyServer
 from mcp_proxy.workers import listener
 from mcp_proxy.workers.ipc import Message
 from mcp_proxy.workers.supervisor import READY_TIMEOUT, WorkerHandle, Workers, ask_all
+from mcp_proxy.workers.zygote import Zygote
 
 log = logging.getLogger("mcp_proxy.workers")
 
@@ -116,8 +117,15 @@ def _problems(answers: list[tuple[WorkerHandle, Message | None]]) -> list[str]:
 
 
 class GroupServer(ProxyServer):
-    def __init__(self, loaded: LoadedConfig, count: int, log_level: str = "info") -> None:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        count: int,
+        log_level: str,
+        zygote: Zygote,
+    ) -> None:
         super().__init__(loaded)
+        self.zygote = zygote
         self.count = count
         self.log_level = log_level
         self.mode = os.environ.get(SOCKET_MODE_ENV, listener.REUSEPORT)
@@ -152,7 +160,10 @@ class GroupServer(ProxyServer):
         self.reserved = listener.reserve(host, port, self.mode)
         self.listen_address = listener.bound(self.reserved)
         listen_fd = self.reserved.fileno() if self.mode == listener.SHARED else -1
-        self._workers = Workers(self.count, listen_fd, self._from_worker, self.log_level)
+        await self.zygote.start()
+        self._workers = Workers(
+            self.count, listen_fd, self._from_worker, self.log_level, self.zygote
+        )
         self._workers.on_exit = self._worker_exited
         await self._workers.start()
         self.health_task = asyncio.create_task(self._push_health())
@@ -214,6 +225,7 @@ class GroupServer(ProxyServer):
         if self._workers is not None:
             grace = self.runtime.config.drain_timeout + STOP_MARGIN
             await self._workers.stop(grace)
+        await self.zygote.close()
         if self.reserved is not None:
             self.reserved.close()
         await super().stop()

@@ -1,11 +1,11 @@
 """The supervisor: starts the workers, keeps N of them alive, stops them all.
 
-A worker is a child process (`python -m mcp_proxy.workers.worker`) with one end of a
-socketpair. The slot that started it waits for it to exit; unless the group is stopping, the
-exit is logged and counted and a new worker takes the slot: at once if the previous one had
-been running for `STABLE_AFTER` seconds, else after a delay that doubles with each quick death
-in a row, up to `MAX_BACKOFF` (`RestartBackoff`, pure). A worker that cannot start at all
-(a port it may not bind) is such a quick death.
+A worker is a process forked by the zygote (zygote.py) with one end of a socketpair. The slot
+that started it waits for it to exit; unless the group is stopping, the exit is logged and
+counted and a new worker takes the slot: at once if the previous one had been running for
+`STABLE_AFTER` seconds, else after a delay that doubles with each quick death in a row, up to
+`MAX_BACKOFF` (`RestartBackoff`, pure). A worker that cannot start at all (a port it may not
+bind) is such a quick death.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import contextlib
 import logging
 import signal
 import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from mcp_proxy.workers.ipc import Channel, ChannelClosed, Message
+from mcp_proxy.workers.zygote import Zygote
 
 log = logging.getLogger("mcp_proxy.workers")
 
@@ -50,10 +51,21 @@ class RestartBackoff:
         return float(min(MAX_BACKOFF, FIRST_BACKOFF * 2.0 ** (self.quick_deaths - 2)))
 
 
+class ChildProcess(Protocol):
+    """A worker's process (zygote.ForkedWorker; asyncio's Process has the same shape)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    async def wait(self) -> int: ...
+
+    def send_signal(self, signum: int) -> None: ...
+
+
 class WorkerHandle:
     """One running worker process, as the supervisor sees it."""
 
-    def __init__(self, index: int, process: asyncio.subprocess.Process, channel: Channel) -> None:
+    def __init__(self, index: int, process: ChildProcess, channel: Channel) -> None:
         self.index = index
         self.process = process
         self.channel = channel
@@ -79,7 +91,15 @@ Handler = Callable[[WorkerHandle, Message], Awaitable[Message | None]]
 class Workers:
     """N slots, each keeping one worker alive until `stop`."""
 
-    def __init__(self, count: int, listen_fd: int, handler: Handler, log_level: str) -> None:
+    def __init__(
+        self,
+        count: int,
+        listen_fd: int,
+        handler: Handler,
+        log_level: str,
+        zygote: Zygote,
+    ) -> None:
+        self.zygote = zygote  # forks the workers (zygote.py)
         self.count = count
         self.listen_fd = listen_fd  # -1: each worker binds its own (SO_REUSEPORT)
         self.handler = handler
@@ -122,7 +142,12 @@ class Workers:
     async def _keep(self, index: int, first: asyncio.Future[WorkerHandle]) -> None:
         backoff = RestartBackoff()
         while not self.stopping:
-            handle = await self._spawn(index)
+            try:
+                handle = await self._spawn(index)
+            except OSError as exc:  # no process to be had (fork limit, the zygote gone)
+                log.error("worker %d: cannot start a process: %s", index, exc)
+                await asyncio.sleep(MAX_BACKOFF)  # sleep-ok: nothing else to try meanwhile
+                continue
             if not first.done():
                 first.set_result(handle)
             code = await handle.process.wait()
@@ -143,10 +168,7 @@ class Workers:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = [theirs.fileno()] + ([self.listen_fd] if self.listen_fd >= 0 else [])
         try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "mcp_proxy.workers.worker", str(index),
-                str(theirs.fileno()), str(self.listen_fd), self.log_level, pass_fds=fds,
-            )  # fmt: skip
+            process = await self.zygote.spawn(index, self.log_level, fds)
         finally:
             theirs.close()
         channel = await Channel.open(ours)

@@ -1,7 +1,8 @@
 """One worker of a group: a whole proxy on its own event loop, told what to do by its supervisor.
 
-`python -m mcp_proxy.workers.worker INDEX IPC_FD LISTEN_FD` (the supervisor starts it; LISTEN_FD
-is -1 when the worker binds its own SO_REUSEPORT socket). It asks the supervisor for the group's
+`main([INDEX, IPC_FD, LISTEN_FD, LOG_LEVEL])` in a process the zygote forked (LISTEN_FD is -1
+when the worker binds its own SO_REUSEPORT socket; `python -m mcp_proxy.workers.worker` runs the
+same by hand). It asks the supervisor for the group's
 config (the text, not the file: the file may have changed since the group's version was
 chosen), serves on the public port without an admin listener and without probing, and answers
 the supervisor: its status, its metrics exposition, its backends document, the two phases of a

@@ -70,8 +70,8 @@ async def test_one_group_spreads_adds_up_replaces_a_killed_worker_and_drains(
             return len(now) == 2 and victim["pid"] not in {w["pid"] for w in now}
 
         await eventually(replaced, timeout=15)
-        # ~1 s on an idle machine (a new interpreter imports everything); room for a busy one.
-        assert time.monotonic() - killed_at < 10
+        # Forked from the zygote: ~0.2 s on this busy VM; the bound leaves room for a busier one.
+        assert time.monotonic() - killed_at < 2
         assert await group.metric("mcp_proxy_worker_restarts_total") == 1
         assert f"worker 0 (pid {victim['pid']}) exited with signal SIGKILL" in group.stderr()
 
