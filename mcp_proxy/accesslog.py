@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import select
+import stat
 import threading
 import time
 from typing import TYPE_CHECKING, Final
@@ -362,10 +363,14 @@ class AccessLog:
 
     def _write(self, data: bytearray) -> None:
         view = memoryview(data)
+        shared_pipe = stat.S_ISFIFO(os.fstat(self.fd).st_mode)
         try:
             while view:
                 try:
-                    view = view[os.write(self.fd, view) :]
+                    chunk = (
+                        view[: whole_lines_within(view, select.PIPE_BUF)] if shared_pipe else view
+                    )
+                    view = view[os.write(self.fd, chunk) :]
                 except BlockingIOError:  # a non-blocking fd (a shared stdout): wait, bounded
                     select.select([], [self.fd], [], 1.0)
         except OSError as error:
@@ -379,3 +384,16 @@ class AccessLog:
         if path == "-":
             return 1
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
+def whole_lines_within(data: memoryview, limit: int) -> int:
+    """How much of `data` to write at once to a pipe other processes write to as well (the
+    workers of a group share stdout): whole lines up to `limit` (PIPE_BUF), which the kernel
+    writes without interleaving; a single longer line goes alone."""
+    if len(data) <= limit:
+        return len(data)
+    end = bytes(data[:limit]).rfind(b"\n") + 1
+    if end:
+        return end
+    newline = bytes(data).find(b"\n")
+    return newline + 1 if newline >= 0 else len(data)

@@ -162,3 +162,14 @@ async def test_a_peer_that_sends_garbage_closes_the_channel_and_fails_what_waits
     assert channel.closed.is_set()
     await channel.close()
     theirs.close()
+
+
+def test_a_shared_pipe_gets_whole_lines_up_to_pipe_buf_at_a_time() -> None:
+    from mcp_proxy.accesslog import whole_lines_within
+
+    line = b"x" * 99 + b"\n"  # 100 bytes
+    assert whole_lines_within(memoryview(line * 3), 4096) == 300  # all fits
+    assert whole_lines_within(memoryview(line * 100), 4096) == 4000  # 40 whole lines
+    long_line = b"y" * 5000 + b"\n"
+    assert whole_lines_within(memoryview(long_line + line), 4096) == 5001  # alone, whole
+    assert whole_lines_within(memoryview(b"z" * 5000), 4096) == 5000  # no newline at all
