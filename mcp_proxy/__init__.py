@@ -28,6 +28,8 @@ How this works (one request):
     build.py      which modules run compiled (setup.py: MCP_PROXY_COMPILE=1 compiles the
                   request path with mypyc);  demo.py  `mcp-proxy demo`;  cli.py  commands
     config/       model (frozen, typed), load (YAML with line numbers), check (cross-references)
+    workers/      `workers: N | auto`: supervisor, zygote-forked workers on one SO_REUSEPORT
+                  port, IPC, two-phase group reload, merged admin view (its __init__ says how)
 
 Decisions live in pure, synchronous objects (router, balancer, health state, admission queue,
 retry budget) with the clock and random generator passed in; the asyncio layer carries them out.
