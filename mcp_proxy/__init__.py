@@ -8,11 +8,13 @@ How this works (one request):
                   writer.py the one writer to a client (framing, keep-alive, send pace),
                   upstream.py UpstreamConnection (IDLE/SENT/BODY/DONE/CLOSED; a response ends
                   exactly where its framing says), head.py head checks, path.py the path
-                  normaliser, request.py, body.py, deadline.py, wire.py, settings.py
+                  normaliser, request.py, body.py, deadline.py, wire.py, settings.py,
+                  tunnel.py the byte pump of an upgraded connection (back-pressure, half-close)
     pipeline.py   the phases of one request, run by one driver: ROUTE -> AUTH -> BUFFER ->
                   ADMIT -> PICK -> CONNECT -> SEND -> RELAY -> DONE; every failure through
                   one `fail` (retry as a new attempt, or `_answer`: errors become HTTP there)
     flight.py     Flight (one request's state) and Attempt (one try on one backend)
+    tunnels.py    WebSocket: the upgrade head, max_tunnels, the hand-over at the backend's 101
     headers.py    what happens to header fields on the way (hop-by-hop, X-Forwarded-*, Via)
     runtime.py    Runtime: everything computed once from one config; RuntimeRef.current
     routing.py    Router: first match wins (path prefix, methods, host, headers)
@@ -26,7 +28,8 @@ How this works (one request):
     server.py     listeners, start-up and graceful shutdown;  admin.py  the admin endpoints
     metrics.py    every Prometheus collector; tally.py  per-request counts read at scrape time
     build.py      which modules run compiled (setup.py: MCP_PROXY_COMPILE=1 compiles the
-                  request path with mypyc);  demo.py  `mcp-proxy demo`;  cli.py  commands
+                  request path with mypyc);  demo.py  `mcp-proxy demo` (demo_stream.py its SSE
+                  route);  cli.py  commands
     config/       model (frozen, typed), load (YAML with line numbers), check (cross-references)
     workers/      `workers: N | auto`: supervisor, zygote-forked workers on one SO_REUSEPORT
                   port, IPC, two-phase group reload, merged admin view (its __init__ says how)

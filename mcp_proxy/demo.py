@@ -47,6 +47,7 @@ from jwt.algorithms import ECAlgorithm
 
 from mcp_proxy.auth.mint import mint_token
 from mcp_proxy.config import ConfigError, load
+from mcp_proxy.demo_stream import add_live_stream, live_route, live_try_line
 from mcp_proxy.server import ProxyServer
 
 ISSUER = "https://idp.example.com"
@@ -107,6 +108,7 @@ class DemoBackend:
 
     async def start(self) -> None:
         app = web.Application()
+        add_live_stream(app, self.plan.name)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
         await self.runner.setup()
@@ -178,6 +180,7 @@ def demo_config(backends: Sequence[DemoBackend], port: int) -> dict[str, Any]:
             {"name": "payments", "match": {"path_prefix": PROTECTED_PATH},
              "to": {"selector": {"environment": "demo"}}, "auth": {"scopes": [SCOPE]},
              "priority": "high", "timeout": "5s"},
+            live_route(list(pools)),
         ],
         "drain_timeout": "2s",
         "access_log": False,
@@ -573,6 +576,7 @@ class Demo:
             f"  curl -i {self.url}{PROTECTED_PATH}            # 401: no token",
             f"  TOKEN={token}",
             f'  curl -i -H "Authorization: Bearer $TOKEN" {self.url}{PROTECTED_PATH}',
+            live_try_line(self.url),
             f"  curl -s {self.admin_url}/admin/backends",
             f"  curl -s {self.admin_url}/metrics | grep '^mcp_proxy_requests_total'",
             f"  mcp-proxy token --key {key} --iss {ISSUER} --aud {AUDIENCE} --scope {SCOPE}",

@@ -138,3 +138,15 @@ class ResponseAborted(ProxyError):
     source = "upstream"
     reason = "response_aborted"
     answer = False
+
+
+class TunnelsFull(ProxyError):
+    """503: this worker holds `limits.max_tunnels` open tunnels already."""
+
+    status = 503
+    source = "tunnel"
+    reason = "tunnels_full"
+    counted = True
+
+    def __init__(self) -> None:
+        super().__init__("too many open WebSocket tunnels", headers=(("Retry-After", "1"),))

@@ -126,6 +126,20 @@ class Attempt:
         if self.conn is not None:
             self.conn.resume_reading()
 
+    async def upload_body(self, conn: UpstreamConnection) -> None:
+        """Stream a request body too large to read whole, with the backend's back-pressure."""
+        request = self.flight.request
+        body, chunked = request.body, request.chunked
+        try:
+            while data := await body.read():
+                conn.write(wire.chunk(data) if chunked else data)
+                await conn.drain()
+            if chunked:
+                conn.write(wire.LAST_CHUNK)
+        except ProxyError as error:
+            if self.flight.attempt is self:
+                self.pipeline.fail(self.flight, error)
+
 
 def framed(body: bytes, chunked: bool) -> bytes:
     if not chunked:
@@ -170,3 +184,13 @@ def may_retry_status(flight: Flight, now: float) -> bool:
         and flight.attempts <= route.retries
         and sum(candidate.available(now) for candidate in route.candidates) > 1
     )
+
+
+def priority(runtime: Runtime, route: Route, identity: Identity | None) -> int:
+    """The route's class, lifted (or lowered) by a verified claim naming a known class."""
+    if identity is None or runtime.claim is None:
+        return route.priority
+    claimed = identity.claims.get(runtime.claim)
+    if isinstance(claimed, str):
+        return runtime.gate.class_index(claimed, route.priority)
+    return route.priority

@@ -66,13 +66,16 @@ class Metrics:
             "mcp_proxy_jwks_fetches", "JWKS fetches from identity providers, by result.",
             ["issuer", "result"], registry=r,
         )  # fmt: skip
+        self.tunnels = Gauge(
+            "mcp_proxy_tunnels_active", "Open WebSocket tunnels, by route.", ["route"], registry=r
+        )
         self.retries = Counter(
             "mcp_proxy_upstream_retries", "Requests sent again to another backend.", registry=r
         )
         # Each reason's increment, looked up once (`labels()` takes a lock and builds a key).
+        reasons = ("auth", "forbidden", "queue_full", "queue_timeout", "no_backend", "tunnels_full")
         self.count_rejected: dict[str, Callable[[], None]] = {
-            reason: self.rejected.labels(reason).inc
-            for reason in ("auth", "forbidden", "queue_full", "queue_timeout", "no_backend")
+            reason: self.rejected.labels(reason).inc for reason in reasons
         }
         for result in ("ok", "refused"):
             self.reloads.labels(result)

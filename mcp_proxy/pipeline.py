@@ -53,13 +53,15 @@ from mcp_proxy.flight import (
     framed,
     may_retry,
     may_retry_status,
+    priority,
 )
 from mcp_proxy.headers import request_head, response_fields, traceparent_for, with_host
 from mcp_proxy.http1 import wire
 from mcp_proxy.http1.exchange import Request
 from mcp_proxy.http1.upstream import ResponseHead, UpstreamConnection
 from mcp_proxy.metrics import Metrics
-from mcp_proxy.runtime import Route, Runtime, RuntimeRef
+from mcp_proxy.runtime import RuntimeRef
+from mcp_proxy.tunnels import Tunnels
 
 log = logging.getLogger("mcp_proxy")
 
@@ -74,6 +76,7 @@ class Pipeline:
         self.count_rejected = metrics.count_rejected
         self.request_counts = metrics.requests  # bound once: Metrics is not compiled
         self.rng = random.Random()
+        self.tunnels = Tunnels(metrics.tunnels)
 
     # -- the client leg's Handler ---------------------------------------------------------------
     def dispatch(self, request: Request) -> None:
@@ -194,7 +197,7 @@ class Pipeline:
     def _admit(self, flight: Flight) -> Awaitable[float] | None:
         runtime, route = flight.runtime, flight.route
         assert route is not None
-        flight.klass = klass = _priority(runtime, route, flight.identity)
+        flight.klass = klass = priority(runtime, route, flight.identity)
         if runtime.gate.try_acquire():
             flight.slot = True
             runtime.queue_waits[klass].observe(0.0)
@@ -222,6 +225,8 @@ class Pipeline:
             flight.head = request_head(
                 flight.request, identity, flight.request_id, flight.traceparent
             )
+            if flight.request.websocket:
+                flight.head = self.tunnels.upgrade_head(flight, flight.head)
         backend, flight.stale = flight.stale, None
         if backend is None:
             backend = route.policy.pick(route.candidates, now, self.rng, flight.tried)
@@ -231,7 +236,8 @@ class Pipeline:
                 runtime.retry_budget.record_retry(now)
                 runtime.count_retry()
             flight.attempts += 1
-            conn = backend.connections.take_idle(now)
+            # A WebSocket upgrade never goes on a pooled connection (nor returns to the pool).
+            conn = None if flight.request.websocket else backend.connections.take_idle(now)
         else:
             conn = None  # the stale-connection retry: a new connection, same backend
         attempt = flight.attempt = Attempt(self, flight, backend)
@@ -254,7 +260,10 @@ class Pipeline:
         attempt, request, route = flight.attempt, flight.request, flight.route
         assert attempt is not None and attempt.conn is not None and route is not None
         conn = attempt.conn
-        conn.begin(attempt, request.method == "HEAD", route.timeout, flight.runtime.read_timeout)
+        read_timeout = flight.runtime.read_timeout
+        conn.begin(
+            attempt, request.method == "HEAD", route.timeout, read_timeout, request.websocket
+        )
         flight.phase = RELAY
         attempt.sent_at = monotonic()
         head = with_host(flight.head, request, attempt.backend.host_line)
@@ -269,20 +278,7 @@ class Pipeline:
                 request.expect_continue = False  # once, even across retries
                 request.writer.send_continue(request)
             conn.write(head)
-            attempt.upload = asyncio.ensure_future(self._upload(attempt, conn))
-
-    async def _upload(self, attempt: Attempt, conn: UpstreamConnection) -> None:
-        request = attempt.flight.request
-        body, chunked = request.body, request.chunked
-        try:
-            while data := await body.read():
-                conn.write(wire.chunk(data) if chunked else data)
-                await conn.drain()
-            if chunked:
-                conn.write(wire.LAST_CHUNK)
-        except ProxyError as error:
-            if attempt.flight.attempt is attempt:
-                self.fail(attempt.flight, error)
+            attempt.upload = asyncio.ensure_future(attempt.upload_body(conn))
 
     # -- RELAY: the upstream connection's events ---------------------------------------------------
     def relay_head(self, attempt: Attempt, response: ResponseHead) -> None:
@@ -291,6 +287,9 @@ class Pipeline:
         flight.upstream = now - attempt.sent_at
         backend.rtt.observe(flight.upstream, now)  # the sample: time to the response head
         backend.served += 1
+        if response.status == 101:  # only a WebSocket upgrade agreed to comes here
+            self.tunnels.start(self, attempt, response)
+            return
         if response.status in _RETRY_STATUSES and may_retry_status(flight, now):
             self.fail(
                 flight, UpstreamError(f"backend answered {response.status}", before_send=False)
@@ -372,6 +371,15 @@ class Pipeline:
         client asks none; so slow readers (slowhttptest -X) cannot hold every slot."""
         self._release_slot(flight)
 
+    def switched(self, flight: Flight, attempt: Attempt) -> None:
+        """A tunnel opened: the attempt is over and the slot free; the flight lands when the
+        tunnel ends (`land`)."""
+        self._end_attempt(flight, attempt)
+        self._release_slot(flight)
+
+    def land(self, flight: Flight) -> None:
+        self._land(flight)
+
     def _release_slot(self, flight: Flight) -> None:
         if flight.slot:
             flight.slot = False
@@ -394,17 +402,7 @@ class Pipeline:
         elapsed = monotonic() - request.started
         route_name = route.name if route is not None else "-"
         self.request_counts.add(route_name, backend.pool if backend else "-", flight.status)
-        if route is not None:
+        if route is not None and flight.status != 101:  # a tunnel's life is no latency
             route.observe_duration(elapsed)
         if self.access_log.enabled:
             self.access_log.record(flight, elapsed, request.writer.response_bytes())
-
-
-def _priority(runtime: Runtime, route: Route, identity: Identity | None) -> int:
-    """The route's class, lifted (or lowered) by a verified claim naming a known class."""
-    if identity is None or runtime.claim is None:
-        return route.priority
-    claimed = identity.claims.get(runtime.claim)
-    if isinstance(claimed, str):
-        return runtime.gate.class_index(claimed, route.priority)
-    return route.priority

@@ -73,6 +73,8 @@ class Limits(Frozen):
     min_rate: Size = 256  # bytes/s a body or response must move, over 10s windows; 0: off
     lingering_time: Duration = 5.0  # how long to read and discard after an early answer
     request_buffer: Size = 64 * 1024  # bodies up to this are read whole before admission
+    tunnel_idle_timeout: PositiveDuration = 3600.0  # a WebSocket tunnel with no byte either way
+    max_tunnels: PositiveInt = 10000  # open WebSocket tunnels per worker; past it, 503
 
 
 def _check_backend_url(url: str) -> str:

@@ -27,11 +27,21 @@ import httptools
 
 from mcp_proxy.errors import ClientError, ClientGone, ProxyError
 from mcp_proxy.http1 import head as checks
+from mcp_proxy.http1 import states
 from mcp_proxy.http1.body import Body
 from mcp_proxy.http1.deadline import Deadline
 from mcp_proxy.http1.exchange import Handler, Request, ResponseWriter
 from mcp_proxy.http1.pace import RateWindow
-from mcp_proxy.http1.states import BODY, DISCARD, DONE, HEAD, IDLE, READING_NAMES, allowed_moves
+from mcp_proxy.http1.states import (
+    BODY,
+    DISCARD,
+    DONE,
+    HEAD,
+    IDLE,
+    READING_NAMES,
+    allowed_moves,
+    lingers_after,
+)
 
 if TYPE_CHECKING:
     from mcp_proxy.http1.settings import ClientSettings
@@ -73,6 +83,9 @@ class ClientConnection(asyncio.Protocol):
         self.head_read = 0  # the read in which the current head began
         self.head_deadline_set = False
         self.backlog = b""  # unparsed bytes held back while MAX_PIPELINED requests wait
+        self.held = (
+            b""  # states.UPGRADING: what the client sent after the head (a tunnel's first bytes)
+        )
         self.error: ClientError | None = None
         self.queue: deque[Request] = deque()
         self.current: Request | None = None
@@ -105,6 +118,7 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.reading >= DISCARD:
+            self._hold(data)
             return  # lingering (read and drop), or closing
         if self.backlog:
             self.backlog += data  # bytes already in flight when reading paused
@@ -131,6 +145,7 @@ class ClientConnection(asyncio.Protocol):
                 self._reject(self.error or checks.parse_error(exc))
                 return
             if self.reading >= DISCARD:
+                self._hold(data[offset:])
                 return
         if self.reading == HEAD:
             self._unfinished_head(len(data))
@@ -141,11 +156,38 @@ class ClientConnection(asyncio.Protocol):
                 self.parser.feed_data(data)
                 return
             except httptools.HttpParserUpgrade as upgrade:
-                # We do not switch protocols: the request was served as plain HTTP (its
-                # Upgrade header stripped), so parsing simply goes on after it.
+                # Only a WebSocket upgrade may switch protocols; any other request was served
+                # as plain HTTP (its Upgrade header stripped), so parsing goes on after it.
                 data = data[upgrade.args[0] :]
+                if self._upgrading():
+                    self._hold(data)
+                    return
                 if not data:
                     return
+
+    def _upgrading(self) -> bool:
+        """After a WebSocket upgrade's head nothing more is parsed: what follows is held
+        (`_hold`), reading paused, for the tunnel a 101 may open (`take_over`)."""
+        last = self.queue[-1] if self.queue else self.current
+        if self.reading == DONE or last is None or not last.websocket:
+            return self.reading == DONE
+        self._move(states.UPGRADING)
+        self._pause_reading()
+        return True
+
+    def _hold(self, data: bytes) -> None:
+        if self.reading == states.UPGRADING:
+            self.held += data  # bounded: reading is paused, so at most the read under way
+
+    def take_over(self, protocol: asyncio.Protocol) -> tuple[asyncio.Transport, bytes]:
+        """The backend switched protocols: the transport (still paused) goes to `protocol`
+        with the bytes held; this connection hears only of its end (`connection_lost`)."""
+        assert self.transport is not None and self.reading == states.UPGRADING
+        held, self.held = self.held, b""
+        self.deadline.cancel()
+        self.writer.deadline.cancel()  # a pace clock of an earlier response must not cut it
+        self.transport.set_protocol(protocol)
+        return self.transport, held
 
     def _unfinished_head(self, size: int) -> None:
         """The read ended inside a request head: bound what llhttp holds, arm the deadline."""
@@ -223,19 +265,7 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         request = self.parsing
         assert request is not None
-        parser = self.parser
-        request.method_bytes = method = parser.get_method()
-        request.method = checks.METHOD_NAMES.get(method) or method.decode("ascii")
-        request.keep_alive = bool(parser.should_keep_alive())
-        # Without a Connection header llhttp keeps only HTTP/1.1 alive (1.0, 0.9, 2.0 are
-        # not) and marks no upgrade, so the common request needs neither get_http_version
-        # (it formats a string) nor should_upgrade.
-        if request.keep_alive and not request.connection_tokens:
-            upgrade = False  # and request.version stays b"1.1"
-        else:
-            request.version = parser.get_http_version().encode("ascii")
-            upgrade = bool(parser.should_upgrade())
-        self._checked_head(request, upgrade)
+        self._checked_head(request, checks.parsed_line(request, self.parser))
         if request.chunked or request.content_length:
             request.body = Body(self.loop, self._pause_reading, self._resume_reading)
             request.has_body = True
@@ -360,11 +390,7 @@ class ClientConnection(asyncio.Protocol):
     def _reject(self, error: ClientError) -> None:
         """A malformed, over-limit or too slow request: answer it (if it can be) and end."""
         parsing = self.parsing  # what was parsed of it: its request id, the access log's facts
-        # Linger only for a client that may still be sending a body in good faith; one that
-        # was too slow (408) is cut at once.
-        lingers = error.status != 408 and (
-            self.reading == BODY or (error.status == 413 and self.reading == HEAD)
-        )
+        lingers = lingers_after(error.status, self.reading)
         if not lingers:
             self._move(DONE)
         if self.parsing is not None and self.parsing is self.current:

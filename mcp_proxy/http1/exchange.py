@@ -61,6 +61,8 @@ class Owner(Protocol):
 
     def finished(self, request: Request) -> None: ...
     def abort(self) -> None: ...
+    def take_over(self, protocol: asyncio.Protocol) -> tuple[asyncio.Transport, bytes]: ...
+    def connection_lost(self, exc: Exception | None) -> None: ...
 
 
 class Producer(Protocol):
@@ -97,7 +99,9 @@ class Request:
         "target",
         "traceparent",
         "trusted",
+        "upgrade",
         "version",
+        "websocket",
         "writer",
     )
 
@@ -126,6 +130,8 @@ class Request:
         self.body = body  # the connection's empty body until a body is announced
         self.has_body = False
         self.flight: object = None  # the pipeline's state for this request
+        self.upgrade: bytes | None = None  # the Upgrade header, as sent
+        self.websocket = False  # a valid WebSocket upgrade (head.check_websocket)
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target!r} id={self.request_id!r}>"

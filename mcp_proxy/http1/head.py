@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+import httptools
+
 from mcp_proxy.errors import ClientError
 from mcp_proxy.http1.exchange import Request
 
@@ -58,6 +60,21 @@ def _reason(exc: Exception) -> str:
     return text.split(":", 1)[-1].strip().strip("`") or type(exc).__name__
 
 
+def parsed_line(request: Request, parser: httptools.HttpRequestParser) -> bool:
+    """What llhttp parsed beyond the headers: the method, keep-alive, the version; returns
+    whether it marked an upgrade."""
+    request.method_bytes = method = parser.get_method()
+    request.method = METHOD_NAMES.get(method) or method.decode("ascii")
+    request.keep_alive = bool(parser.should_keep_alive())
+    # Without a Connection header llhttp keeps only HTTP/1.1 alive (1.0, 0.9, 2.0 are not)
+    # and marks no upgrade, so the common request needs neither get_http_version (it formats
+    # a string) nor should_upgrade.
+    if request.keep_alive and not request.connection_tokens:
+        return False  # and request.version stays b"1.1"
+    request.version = parser.get_http_version().encode("ascii")
+    return bool(parser.should_upgrade())
+
+
 def check_head(request: Request, upgrade: bool, max_body_bytes: int) -> None:
     """Every check that needs the whole head; the target is normalised last."""
     if request.method == "CONNECT":
@@ -74,10 +91,30 @@ def check_head(request: Request, upgrade: bool, max_body_bytes: int) -> None:
         raise ClientError(400, "invalid Host header")
     if request.content_length is not None and request.content_length > max_body_bytes:
         raise ClientError(413, "request body too large")
+    check_websocket(request, upgrade)
     if upgrade and (request.chunked or request.content_length):
         # llhttp would skip this body as "upgraded" bytes; refuse rather than misframe.
         raise ClientError(400, "Upgrade with a request body is not supported")
     _normalise_target(request)
+
+
+def check_websocket(request: Request, upgrade: bool) -> None:
+    """`Upgrade: websocket` with `Connection: upgrade` is honoured only on an HTTP/1.1 GET
+    without body framing (nothing a smuggler could frame); any other such request is refused.
+    The connection then ends with the exchange: a tunnel, or the backend's refusal."""
+    if not upgrade or request.upgrade is None or request.upgrade.strip().lower() != b"websocket":
+        # Not an upgrade (no `Connection: upgrade`: llhttp parses on), or another protocol
+        # (h2c, ...): served as plain HTTP, the Upgrade field dropped.
+        return
+    if (
+        request.method != "GET"
+        or request.version != b"1.1"
+        or request.chunked
+        or request.content_length is not None
+    ):
+        raise ClientError(400, "a WebSocket upgrade is an HTTP/1.1 GET with Connection: upgrade")
+    request.websocket = True
+    request.keep_alive = False
 
 
 def valid_host(host: bytes) -> bool:
@@ -157,6 +194,12 @@ def note_connection(request: Request, value: bytes) -> None:
     request.connection_tokens.append(value)
 
 
+def note_upgrade(request: Request, value: bytes) -> None:
+    if request.upgrade is not None:
+        raise ClientError(400, "more than one Upgrade header")
+    request.upgrade = value
+
+
 def note_expect(request: Request, value: bytes) -> None:
     if value.strip().lower() == b"100-continue":
         request.expect_continue = True
@@ -191,6 +234,7 @@ NOTED: dict[bytes, Check] = {
     b"transfer-encoding": note_transfer_encoding,
     b"connection": note_connection,
     b"expect": note_expect,
+    b"upgrade": note_upgrade,
     b"authorization": note_authorization,
     b"x-request-id": note_request_id,
     b"traceparent": note_traceparent,

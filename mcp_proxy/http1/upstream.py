@@ -6,9 +6,11 @@ protocol's own callbacks: no future, no task, nothing scheduled for a later loop
 
 States: IDLE (in the pool), SENT (a request went out; the head is due within the exchange's
 timeout), BODY (the head arrived; `read_timeout` between reads), DONE (the response ended
-exactly where its framing said), CLOSED. The exchange ends with `release()`: the owner (the
-pool) takes the connection back only from DONE with keep-alive; anything else means its state
-is unknown, and it is closed, never reused.
+exactly where its framing said), CLOSED. An exchange begun as a WebSocket upgrade may end in
+UPGRADED (a 101 with `Upgrade: websocket`): the connection then leaves its pool for a tunnel
+(`detach`); any other answer to it is relayed and the connection closed, never reused.
+The exchange ends with `release()`: the owner (the pool) takes the connection back only from
+DONE with keep-alive; anything else means its state is unknown, and it is closed, never reused.
 
 A response is exactly what its framing says. Bytes after its end (in the same read or later)
 are never delivered, and the connection is closed: a backend cannot inject a second response
@@ -32,7 +34,8 @@ SENT: Final = 1
 BODY: Final = 2
 DONE: Final = 3
 CLOSED: Final = 4
-STATE_NAMES: Final = ("IDLE", "SENT", "BODY", "DONE", "CLOSED")
+UPGRADED: Final = 5
+STATE_NAMES: Final = ("IDLE", "SENT", "BODY", "DONE", "CLOSED", "UPGRADED")
 
 
 class ResponseHead:
@@ -101,6 +104,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._received = 0  # bytes of this exchange's response so far
         self._surplus = False
+        self._upgrade = False  # the exchange asks for a WebSocket upgrade
+        self._leftover = b""  # UPGRADED: what the backend sent after its 101 head
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
 
@@ -113,7 +118,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- the exchange API ---------------------------------------------------------------------
     def begin(
-        self, exchange: Exchange, head_only: bool, timeout: float, read_timeout: float
+        self,
+        exchange: Exchange,
+        head_only: bool,
+        timeout: float,
+        read_timeout: float,
+        upgrade: bool = False,
     ) -> None:
         """Arm for one request: its response head is due within `timeout`."""
         if self.state != IDLE:
@@ -127,6 +137,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers = []
         self._head_bytes = self._received = 0
         self._surplus = False
+        self._upgrade = upgrade
         self.read_timeout = read_timeout
         self.exchanges += 1
         self.state = SENT
@@ -157,10 +168,26 @@ class UpstreamConnection(asyncio.Protocol):
         """The exchange is over, however it ended: back to the pool only if clean."""
         self._exchange = None
         self.deadline.clear()
-        reusable = self.state == DONE and self._response is not None and self._response.keep_alive
+        response = self._response
+        reusable = (
+            self.state == DONE
+            and response is not None
+            and response.keep_alive
+            and not self._upgrade
+        )
         if reusable:
             self.state = IDLE
         self._release(self, reusable)
+
+    def detach(self) -> tuple[asyncio.Transport, bytes]:
+        """UPGRADED: the transport leaves the pool (never to return) for a tunnel, with what
+        the backend sent after its 101; this connection is CLOSED to everyone else."""
+        assert self.state == UPGRADED and self.transport is not None
+        self.state = CLOSED
+        self.deadline.cancel()
+        self._forget(self)
+        leftover, self._leftover = self._leftover, b""
+        return self.transport, leftover
 
     def pause_reading(self) -> None:
         if self.transport is not None and self.state != CLOSED:
@@ -189,6 +216,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._received += len(data)
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._leftover = data[upgrade.args[0] :]
         except httptools.HttpParserError as exc:
             if not self._surplus:
                 cause = exc.__context__
@@ -203,7 +232,11 @@ class UpstreamConnection(asyncio.Protocol):
         exchange = self._exchange
         if exchange is None:
             return
-        if self._surplus:
+        if self.state == UPGRADED:
+            assert self._response is not None
+            self.deadline.clear()
+            exchange.on_head(self._response)  # the owner detaches the connection, or fails it
+        elif self._surplus:
             self.abort()  # never reused: what follows the response is not ours to relay
             exchange.on_read_end(True)
         elif self.state == DONE:
@@ -258,7 +291,8 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= status < 200:
             # 1xx (e.g. a backend's own 100 Continue) is informational: wait for the final head.
             if status == 101:
-                raise UpstreamError("backend switched protocols unasked", before_send=False)
+                self._switched(status)
+                return
             self._headers = []
             return
         response = self._response = ResponseHead(status, self._headers)
@@ -294,6 +328,17 @@ class UpstreamConnection(asyncio.Protocol):
             self.state = DONE
 
     # -- internals ------------------------------------------------------------------------------
+    def _switched(self, status: int) -> None:
+        """A 101: a tunnel only when asked for and agreed to; delivered once llhttp stops."""
+        if not self._upgrade:
+            raise UpstreamError("backend switched protocols unasked", before_send=False)
+        upgrade = [value for name, value in self._headers if name == b"upgrade"]
+        if [value.strip().lower() for value in upgrade] != [b"websocket"]:
+            raise UpstreamError("backend switched to another protocol", before_send=False)
+        self._response = ResponseHead(status, self._headers)
+        self._headers = []
+        self.state = UPGRADED
+
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
         if self._head_bytes > self.max_head_bytes:

@@ -48,6 +48,7 @@ class FakeTransport(asyncio.Transport):
         self.buffer_size = 0
         self.limits: tuple[int | None, int | None] = (None, None)
         self.fail_write: Exception | None = None
+        self.protocol: asyncio.BaseProtocol | None = None
 
     @property
     def data(self) -> bytes:
@@ -96,6 +97,16 @@ class FakeTransport(asyncio.Transport):
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self.limits = (high, low)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self.limits[1] or 16384, self.limits[0] or 65536)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self.protocol is not None
+        return self.protocol
 
 
 class FakeHandler:
