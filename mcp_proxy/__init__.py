@@ -24,6 +24,11 @@ How this works (one request):
                   (hysteresis, outlier ejection), health_check (probe loops), dns (aiodns
                   refresh), pool (idle keep-alive connections per backend), backend (one
                   backend's live state), retry (budget, and when a retry is allowed)
+    tls/          the public listener's TLS: certs (pairs checked: key, chain order, names,
+                  expiry), contexts (one per certificate, chosen by SNI), listener (each
+                  connection's handshake through the loop's TLS protocol, counted, bounded;
+                  only a finished one creates the client connection), session (what a request
+                  learns: version, verified client identity), throwaway (demo/bench CA)
     reload.py     validate, build, warm, swap one reference
     server.py     listeners, start-up and graceful shutdown;  admin.py  the admin endpoints
     metrics.py    every Prometheus collector; tally.py  per-request counts read at scrape time

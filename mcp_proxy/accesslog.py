@@ -58,12 +58,12 @@ _SECRET_PARAMETER: Final = re.compile(rb"((?:^|&)access_token=)[^&]*")
 _JSON: Final = (
     '{"time":"%s","request_id":"%s","client":%s,"method":%s,"path":%s%s,"status":%d,'
     '"route":%s,"pool":%s,"backend":%s,"class":%s,"queue_ms":%s,"upstream_ms":%s,'
-    '"duration_ms":%.1f,"bytes_in":%d,"bytes_out":%d%s,"subject":%s,"tls":null,'
+    '"duration_ms":%.1f,"bytes_in":%d,"bytes_out":%d%s,"subject":%s,"tls":%s,'
     '"traceparent":"%s","worker":%d}\n'
 )
 _TEXT: Final = (
     "%s %s %s %d route=%s pool=%s backend=%s class=%s queue_ms=%s upstream_ms=%s "
-    "ms=%.1f in=%d out=%d reason=%s sub=%s tls=- traceparent=%s worker=%d id=%s\n"
+    "ms=%.1f in=%d out=%d reason=%s sub=%s tls=%s traceparent=%s worker=%d id=%s\n"
 )
 
 
@@ -108,7 +108,7 @@ class Facts:
     __slots__ = (
         "backend", "bytes_in", "bytes_out", "client", "duration_ms", "klass", "method",
         "path", "pool", "query", "queue_ms", "reason", "request_id", "route", "status",
-        "subject", "traceparent", "upstream_ms",
+        "subject", "tls", "traceparent", "upstream_ms",
     )  # fmt: skip
 
     def __init__(self, request: Request | None, request_id: bytes, status: int) -> None:
@@ -129,6 +129,7 @@ class Facts:
         self.bytes_out = 0
         self.reason: str | None = None
         self.subject: str | None = None
+        self.tls: str | None = None  # the protocol version ("TLSv1.3") on a TLS listener
         self.traceparent = b""
         if request is not None:
             self.client = request.peer.decode() or None
@@ -139,6 +140,7 @@ class Facts:
                 query = _SECRET_PARAMETER.sub(b"\\1<redacted>", query)
             self.query = query.decode("utf-8", "replace")
             self.bytes_in = request.body.received
+            self.tls = request.tls.version if request.tls is not None else None
 
 
 def json_line(facts: Facts, stamp: str, worker: int) -> bytes:
@@ -149,7 +151,7 @@ def json_line(facts: Facts, stamp: str, worker: int) -> bytes:
         query, facts.status, quoted(facts.route), quoted(facts.pool), quoted(facts.backend),
         quoted(facts.klass), _number(facts.queue_ms), _number(facts.upstream_ms),
         facts.duration_ms, facts.bytes_in, facts.bytes_out, reason, quoted(facts.subject),
-        facts.traceparent.decode(), worker,
+        quoted(facts.tls), facts.traceparent.decode(), worker,
     )).encode()  # fmt: skip
 
 
@@ -160,7 +162,7 @@ def text_line(facts: Facts, stamp: str, worker: int) -> bytes:
         stamp, bare(facts.client), quoted(request), facts.status,
         bare(facts.route), bare(facts.pool), bare(facts.backend), bare(facts.klass),
         _number(facts.queue_ms, "-"), _number(facts.upstream_ms, "-"), facts.duration_ms,
-        facts.bytes_in, facts.bytes_out, bare(facts.reason), bare(facts.subject),
+        facts.bytes_in, facts.bytes_out, bare(facts.reason), bare(facts.subject), bare(facts.tls),
         facts.traceparent.decode(), worker, facts.request_id,
     )).encode("utf-8", "replace")  # fmt: skip
 

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 if TYPE_CHECKING:
     from mcp_proxy.metrics import Metrics
     from mcp_proxy.runtime import Runtime, RuntimeRef
+    from mcp_proxy.tls.listener import TlsListener
 
 
 class Served(Protocol):
@@ -19,6 +20,7 @@ class Served(Protocol):
 
     metrics: Metrics
     ref: RuntimeRef | None
+    tls: TlsListener
 
     @property
     def runtime(self) -> Runtime: ...
@@ -52,6 +54,7 @@ def make_admin_app(server: Served, reloader: Reloads) -> web.Application:
                 "version": runtime.version,
                 "loaded_at": runtime.loaded_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
                 "source": runtime.source,
+                "tls": {"certificates": server.tls.describe()},  # [] on a plain listener
             }
         )
 

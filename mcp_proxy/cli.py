@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     demo_cmd.add_argument("--port", type=int, default=8080, help="the proxy's port (0: any free)")
     demo_cmd.add_argument("--requests", type=int, default=300, help="requests in each phase")
     demo_cmd.add_argument("--no-serve", action="store_true", help="exit after the traffic")
+    demo_cmd.add_argument(
+        "--tls", action="store_true", help="serve HTTPS with a throwaway CA (curl --cacert)"
+    )
     token_cmd = commands.add_parser("token", help="mint a signed JWT for trying a config")
     from mcp_proxy.auth.mint import add_token_arguments
 
@@ -83,6 +86,7 @@ def check(path: str) -> int:
         return 2
     if not _environment_ok(path, loaded):
         return 2
+    _certificate_warnings(path, loaded)
     config = loaded.config
     backends = sum(len(pool.backends) for pool in config.pools.values())
     print(
@@ -103,6 +107,15 @@ def _environment_ok(path: str, loaded: LoadedConfig) -> bool:
     for problem in render_for(findings.problems, loaded.text):
         print(f"{path}: {problem}", file=sys.stderr)
     return not findings.problems
+
+
+def _certificate_warnings(path: str, loaded: LoadedConfig) -> None:
+    """A certificate near its end is a warning: `check` still passes (SPEC)."""
+    from mcp_proxy.config.load import render_for
+    from mcp_proxy.tls.certs import expiry_warnings
+
+    for warning in render_for(list(expiry_warnings(loaded.config.tls)), loaded.text):
+        print(f"{path}: warning: {warning}", file=sys.stderr)
 
 
 def run(path: str, log_level: str = "info") -> int:

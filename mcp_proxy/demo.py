@@ -49,6 +49,7 @@ from mcp_proxy.auth.mint import mint_token
 from mcp_proxy.config import ConfigError, load
 from mcp_proxy.demo_stream import add_live_stream, live_route, live_try_line
 from mcp_proxy.server import ProxyServer
+from mcp_proxy.tls.throwaway import ThrowawayPki, make_pki
 
 ISSUER = "https://idp.example.com"
 AUDIENCE = "mcp-api"
@@ -349,8 +350,10 @@ async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float) -
 
 # -- the demo --------------------------------------------------------------------------------
 class Demo:
-    def __init__(self, folder: Path, port: int, requests: int) -> None:
+    def __init__(self, folder: Path, port: int, requests: int, tls: bool = False) -> None:
         self.folder = folder
+        self.tls = tls  # --tls: the listener serves a throwaway CA's certificate
+        self.pki: ThrowawayPki | None = None
         self.port = port
         self.requests = requests
         self.backends = {plan.name: DemoBackend(plan) for plan in POOLS}
@@ -366,7 +369,7 @@ class Demo:
     def url(self) -> str:
         assert self.server is not None
         host, port = self.server.listen_address
-        return f"http://{host}:{port}"
+        return f"{'https' if self.pki else 'http'}://{host}:{port}"
 
     @property
     def admin_url(self) -> str:
@@ -384,6 +387,9 @@ class Demo:
             await backend.start()
         self.pem = write_issuer_keys(self.folder)
         config = demo_config(list(self.backends.values()), self.port)
+        if self.tls:
+            self.pki = make_pki(self.folder)
+            config["tls"] = self.pki.listener_tls()
         comment = (
             f"# Written by `mcp-proxy demo`. Check it: mcp-proxy check -c {self.config_path}\n"
         )
@@ -394,7 +400,10 @@ class Demo:
         except OSError as exc:
             raise CannotListen(_listen_problem(exc, self.port)) from None
         timeout = aiohttp.ClientTimeout(total=10)
-        self.session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
+        connector = aiohttp.TCPConnector(ssl=self.pki.client_context()) if self.pki else None
+        self.session = aiohttp.ClientSession(
+            timeout=timeout, auto_decompress=False, connector=connector
+        )
         await eventually(self.all_measured, STATE_TIMEOUT)
 
     async def all_measured(self) -> bool:
@@ -570,13 +579,14 @@ class Demo:
     def try_lines(self) -> None:
         token = self.token(SCOPE, ttl=3600)
         key = self.folder / "demo-key.pem"
+        curl = f"curl --cacert {self.pki.ca}" if self.pki else "curl"  # trust the throwaway CA
         say(
             "\nTry it (the proxy keeps serving; Ctrl-C to stop):",
-            f"  curl -i {self.url}{PUBLIC_PATH}",
-            f"  curl -i {self.url}{PROTECTED_PATH}            # 401: no token",
+            f"  {curl} -i {self.url}{PUBLIC_PATH}",
+            f"  {curl} -i {self.url}{PROTECTED_PATH}            # 401: no token",
             f"  TOKEN={token}",
-            f'  curl -i -H "Authorization: Bearer $TOKEN" {self.url}{PROTECTED_PATH}',
-            live_try_line(self.url),
+            f'  {curl} -i -H "Authorization: Bearer $TOKEN" {self.url}{PROTECTED_PATH}',
+            live_try_line(self.url).replace("curl", curl, 1),
             f"  curl -s {self.admin_url}/admin/backends",
             f"  curl -s {self.admin_url}/metrics | grep '^mcp_proxy_requests_total'",
             f"  mcp-proxy token --key {key} --iss {ISSUER} --aud {AUDIENCE} --scope {SCOPE}",
@@ -634,7 +644,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="mcp-proxy-demo-") as folder, _proxy_logs_inline():
         try:
-            return uvloop.run(_main(Demo(Path(folder), port, requests), serve=not args.no_serve))
+            demo = Demo(Path(folder), port, requests, tls=args.tls)
+            return uvloop.run(_main(demo, serve=not args.no_serve))
         except ConfigError as error:  # a bug in demo_config, not a user's mistake
             print("mcp-proxy demo: the demo's own config is invalid:", file=sys.stderr)
             print(*error.problems, sep="\n", file=sys.stderr)

@@ -4,7 +4,9 @@ Towards the backend: hop-by-hop fields and every field named in Connection are d
 copies of X-Auth-* (any case, `_` for `-`) too; then the proxy's own fields are added, so no
 Connection option can remove them. X-Forwarded-For ends with the peer; from a trusted proxy
 (`trusted_proxies`) the client's X-Forwarded-For/-Proto/-Host are kept, from anyone else they
-are replaced. Towards the client: the same stripping; the framing is the writer's (http1).
+are replaced; X-Forwarded-Proto is `https` on a TLS connection, whose verified client certificate
+also reaches the backend as X-Client-Cert-Subject/-SAN (client copies removed). Towards the
+client: the same stripping; the framing is the writer's (http1).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Final
 from mcp_proxy.http1 import wire
 from mcp_proxy.http1.exchange import Request
 from mcp_proxy.http1.upstream import ResponseHead
+from mcp_proxy.tls.session import is_identity_field
 
 _AUTH_PREFIXES: Final = frozenset({b"x-auth-", b"x_auth_", b"x-auth_", b"x_auth-"})
 _FORWARDED: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
@@ -95,8 +98,11 @@ def request_head(
     parts = [request.method_bytes, b" ", request.target, b" HTTP/1.1\r\n"]
     proto = host = False
     for name, value in request.headers:
-        # 120 is "x": only then can it be a client's X-Auth-* (any case, any separator)
-        if name in drop or (name[0] == 120 and name[:7] in _AUTH_PREFIXES):
+        # 120 is "x": only then can it be a client's X-Auth-* or X-Client-Cert-* (any case,
+        # any separator): only the proxy speaks for a token or a certificate
+        if name in drop or (
+            name[0] == 120 and (name[:7] in _AUTH_PREFIXES or is_identity_field(name))
+        ):
             continue
         if trusted and name in _FORWARDED:
             proto = proto or name == b"x-forwarded-proto"
@@ -111,6 +117,9 @@ def request_head(
         parts.append(b": ")
         parts.append(value)
         parts.append(b"\r\n")
+    if request.tls is not None:
+        for name, value in request.tls.identity:  # a verified client certificate's
+            parts += (name, b": ", value, b"\r\n")
     _add_own(parts, request, trusted, proto, host)
     parts += (_VIA_THEN_REQUEST_ID, request_id, _TRACEPARENT_LINE, traceparent)
     if request.chunked:
@@ -129,7 +138,11 @@ def _add_own(parts: list[bytes], request: Request, trusted: bool, proto: bool, h
         parts += (request.forwarded_for, b", ")
     parts.append(request.peer)
     if not proto:
-        parts.append(b"\r\nx-forwarded-proto: http")
+        parts.append(
+            b"\r\nx-forwarded-proto: http"
+            if request.tls is None
+            else b"\r\nx-forwarded-proto: https"
+        )
     if not host:
         parts += (b"\r\nx-forwarded-host: ", request.host or b"")
 

@@ -72,6 +72,14 @@ class Metrics:
         self.retries = Counter(
             "mcp_proxy_upstream_retries", "Requests sent again to another backend.", registry=r
         )
+        self.tls_handshakes = Counter(
+            "mcp_proxy_tls_handshakes", "TLS handshakes, by listener and result.",
+            ["listener", "result"], registry=r,
+        )  # fmt: skip
+        self.tls_cert_expiry = Gauge(
+            "mcp_proxy_tls_cert_expiry_timestamp_seconds",
+            "When each certificate in use expires (Unix time), by its file.", ["name"], registry=r,
+        )  # fmt: skip
         # Each reason's increment, looked up once (`labels()` takes a lock and builds a key).
         reasons = ("auth", "forbidden", "queue_full", "queue_timeout", "no_backend", "tunnels_full")
         self.count_rejected: dict[str, Callable[[], None]] = {

@@ -31,6 +31,7 @@ from mcp_proxy.auth import Identity, authorize, bearer_token
 from mcp_proxy.errors import (
     AuthError,
     ClientGone,
+    Forbidden,
     NoHealthyBackend,
     NoRoute,
     ProxyError,
@@ -61,6 +62,7 @@ from mcp_proxy.http1.exchange import Request
 from mcp_proxy.http1.upstream import ResponseHead, UpstreamConnection
 from mcp_proxy.metrics import Metrics
 from mcp_proxy.runtime import RuntimeRef
+from mcp_proxy.tls.session import verified_client
 from mcp_proxy.tunnels import Tunnels
 
 log = logging.getLogger("mcp_proxy")
@@ -162,6 +164,8 @@ class Pipeline:
 
     def _auth(self, flight: Flight) -> Awaitable[Identity] | None:
         assert flight.route is not None
+        if flight.route.client_cert and not verified_client(flight.request.tls):
+            raise Forbidden("this route needs a verified client certificate")
         if flight.route.scopes is None:
             flight.phase = BUFFER
             return None

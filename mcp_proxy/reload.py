@@ -44,12 +44,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from mcp_proxy.config import ConfigError, LoadedConfig, load
 from mcp_proxy.runtime import Runtime
+from mcp_proxy.tls.certs import CertificateProblem
 
 if TYPE_CHECKING:
     from mcp_proxy.accesslog import AccessLog
     from mcp_proxy.config.model import Config
     from mcp_proxy.metrics import Metrics
     from mcp_proxy.runtime import RuntimeRef
+    from mcp_proxy.tls.contexts import Contexts
+    from mcp_proxy.tls.listener import TlsListener
 
 
 class Host(Protocol):
@@ -62,6 +65,7 @@ class Host(Protocol):
     listen_address: tuple[str, int]
     admin_address: tuple[str, int]
     access_log: AccessLog | None
+    tls: TlsListener
 
     @property
     def runtime(self) -> Runtime: ...
@@ -72,7 +76,7 @@ log = logging.getLogger("mcp_proxy.reload")
 POLL = 0.25
 OLD_SNAPSHOT_GRACE = 300.0  # a snapshot still serving after this long is closed anyway
 SETTINGS = ("limits", "balancer", "health", "auth", "admission", "upstream", "drain_timeout",
-            "access_log")  # fmt: skip
+            "access_log", "tls")  # fmt: skip
 
 Signature = tuple[int, int, int, int] | None
 Result = dict[str, Any]
@@ -135,7 +139,10 @@ class Reloader:
         current = self.server.runtime
         try:
             loaded = await self._read()
+            certificates = await self._certificates(loaded)
             if loaded.version == current.version:
+                if self.server.tls.use(certificates):
+                    return self._new_certificates(current, trigger)
                 return self._unchanged(current, trigger)
             problems = listener_problems(current.config, loaded.config, self._bound())
             if problems:
@@ -146,6 +153,7 @@ class Reloader:
             return self._refuse(error.problems, trigger)
         except Refused as refusal:
             return self._refuse(refusal.problems, trigger)
+        self.server.tls.use(certificates)
         self._swap(current, runtime, trigger, started)
         return {"result": "ok", "version": runtime.version}
 
@@ -199,6 +207,20 @@ class Reloader:
                  previous.version[:19], runtime.version[:19],
                  describe_changes(previous.config, runtime.config))  # fmt: skip
         self._close_when_idle(previous, frozenset(runtime.backends))
+
+    async def _certificates(self, loaded: LoadedConfig) -> Contexts | None:
+        """The listener's certificates, re-read on every reload: a file may change alone."""
+        try:
+            return await asyncio.to_thread(self.server.tls.prepare, loaded.config.tls)
+        except CertificateProblem as problem:
+            raise Refused([f"tls: {problem}"]) from None
+
+    def _new_certificates(self, current: Runtime, trigger: str) -> Result:
+        self.applied += 1
+        self.server.metrics.reloads.labels("ok").inc()
+        log.info("config reload (%s): new listener certificates, config %s unchanged",
+                 trigger, current.version[:19])  # fmt: skip
+        return {"result": "ok", "version": current.version}
 
     def _unchanged(self, current: Runtime, trigger: str) -> Result:
         self.unchanged += 1

@@ -54,6 +54,7 @@ class Route:
     timeout: float
     retries: int
     observe_duration: Callable[[float], None] = field(repr=False, default=_ignore)
+    client_cert: bool = False  # a verified client certificate is required (else 403)
 
     def __repr__(self) -> str:
         return f"<Route {self.name} candidates={len(self.candidates)} priority={self.priority}>"
@@ -250,6 +251,7 @@ def _build_route(
         timeout=route.timeout,
         retries=route.retries,
         observe_duration=metrics.durations.get(route.name).observe,
+        client_cert=route.client_cert == "required",
     )
 
 

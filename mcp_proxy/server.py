@@ -24,6 +24,7 @@ from mcp_proxy.metrics import Metrics
 from mcp_proxy.pipeline import Pipeline
 from mcp_proxy.reload import Reloader
 from mcp_proxy.runtime import Runtime, RuntimeRef
+from mcp_proxy.tls.listener import TlsListener
 
 log = logging.getLogger("mcp_proxy")
 
@@ -42,6 +43,7 @@ class ProxyServer:
         self.drained = asyncio.Event()  # set when the last client connection closes
         self.listen_address: tuple[str, int] = ("", 0)
         self.listen_socket: socket.socket | None = None  # a worker's (workers/): serve on it
+        self.tls = TlsListener(self.metrics.tls_handshakes, self.metrics.tls_cert_expiry)
         self.admin_address: tuple[str, int] = ("", 0)
 
     def __repr__(self) -> str:
@@ -83,14 +85,20 @@ class ProxyServer:
             self.connections.add(conn)
             return conn
 
+        tls = self.tls
+        tls.use(tls.prepare(runtime.config.tls))  # checked by load: only a race fails here
+
+        def accept() -> asyncio.BaseProtocol:  # TLS first when the listener speaks it
+            return (
+                tls.accept(connection, ref.current.client_settings.header_timeout) or connection()
+            )
+
         loop = asyncio.get_running_loop()
         if self.listen_socket is not None:
-            self.listener = await loop.create_server(
-                connection, sock=self.listen_socket, backlog=1024
-            )
+            self.listener = await loop.create_server(accept, sock=self.listen_socket, backlog=1024)
         else:
             self.listener = await loop.create_server(
-                connection, host, port, reuse_address=True, backlog=1024
+                accept, host, port, reuse_address=True, backlog=1024
             )
         self.listen_address = _bound(self.listener)
 
@@ -129,6 +137,7 @@ class ProxyServer:
         grace = self.runtime.config.drain_timeout if self.ref else 0.0
         if self.listener is not None:
             self.listener.close()
+        self.tls.close()  # a handshake still under way makes no connection
         for conn in list(self.connections):
             conn.start_draining()
         if self.connections:

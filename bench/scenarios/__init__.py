@@ -15,6 +15,7 @@ from bench.scenarios.priority import run_priority
 from bench.scenarios.rates import run_openloop
 from bench.scenarios.slow import run_slow
 from bench.scenarios.workers import run_workers
+from bench.scenarios.tls import run_tls
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,17 @@ _ALL_LISTED = (
         warmup=1.0,
         uses_wrk=True,
         fixed_targets=("mcp-proxy", "nginx"),
+    ),
+    Scenario(
+        "tls",
+        "HTTPS at the listener vs nginx (same ECDSA P-256 certificate): keep-alive req/s,"
+        " new TLS connections/s (full and resumed), latency at c=1",
+        run_tls,
+        duration=5.0,
+        warmup=1.0,
+        uses_wrk=True,
+        fixed_targets=("mcp-proxy", "nginx"),
+        tools=("openssl",),
     ),
 )
 SCENARIOS = {scenario.name: scenario for scenario in _ALL_LISTED}

@@ -27,6 +27,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from mcp_proxy.config.check import KeyPath, Parts, Problem, find_problems
 from mcp_proxy.config.keyfiles import key_file_problems, resolve_path
 from mcp_proxy.config.model import Config
+from mcp_proxy.tls.certs import listener_problems as listener_tls_problems
+from mcp_proxy.tls.certs import resolved as listener_tls_resolved
 
 __all__ = ["ConfigError", "LoadedConfig", "load", "parse", "resolve_path"]
 
@@ -92,9 +94,11 @@ def parse(text: str, base_dir: Path) -> Config:
     parts = Parts.of(config)
     problems.extend(find_problems(parts))
     problems.extend(key_file_problems(parts, base_dir))
+    config = _with_absolute_paths(config, base_dir)
+    problems.extend(listener_tls_problems(config))  # its files, read from absolute paths
     if problems:
         raise ConfigError(_render(problems, lines))
-    return _with_absolute_paths(config, base_dir)
+    return config
 
 
 def render_for(problems: list[Problem], text: str) -> list[str]:
@@ -413,6 +417,8 @@ def _members(annotation: object) -> list[object]:
 
 
 def _with_absolute_paths(config: Config, base_dir: Path) -> Config:
+    if config.tls is not None:
+        config = config.model_copy(update={"tls": listener_tls_resolved(config.tls, base_dir)})
     issuers = tuple(
         issuer.model_copy(update={"jwks_file": str(resolve_path(base_dir, issuer.jwks_file))})
         if issuer.jwks_file is not None

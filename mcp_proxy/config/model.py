@@ -294,6 +294,8 @@ class RouteConfig(Frozen):
     priority: Name | None = None
     timeout: PositiveDuration = 30.0
     retries: Annotated[StrictInt, Field(ge=0, le=10)] = 2
+    # required: served only on a connection whose client certificate verified (tls.client_ca)
+    client_cert: Literal["required"] | None = None
 
 
 class UpstreamConfig(Frozen):
@@ -347,6 +349,31 @@ def _access_log(value: object) -> object:
     return {"enabled": value} if isinstance(value, bool) else value
 
 
+FilePath = Annotated[StrictStr, Field(min_length=1)]
+
+
+class CertificatePair(Frozen):
+    """One certificate (PEM, the chain may follow the leaf) and its private key (PEM)."""
+
+    cert: FilePath
+    key: FilePath
+
+
+class ListenerTls(Frozen):
+    """SPEC "TLS at both edges": present, the public listener speaks TLS only."""
+
+    certificates: Annotated[tuple[CertificatePair, ...], Field(min_length=1)]
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    client_ca: FilePath | None = None
+    client_cert: Literal["optional", "required"] | None = None
+
+    @model_validator(mode="after")
+    def _client_cert_needs_a_ca(self) -> ListenerTls:
+        if self.client_cert is not None and self.client_ca is None:
+            raise ValueError("client_cert needs client_ca (the CA that verifies them)")
+        return self
+
+
 class Config(Frozen):
     listen: Address = ("127.0.0.1", 8080)
     admin: Address = ("127.0.0.1", 9901)
@@ -363,6 +390,7 @@ class Config(Frozen):
     trusted_proxies: tuple[Network, ...] = ()  # peers whose X-Forwarded-* are kept
     headers_with_underscores: Literal["drop", "reject", "allow"] = "drop"
     workers: Annotated[StrictInt, Field(ge=1, le=256)] | Literal["auto"] = 1  # workers/
+    tls: ListenerTls | None = None  # the public listener's; pools have their own
 
     def is_trusted(self, peer_ip: str) -> bool:
         """May this peer's X-Forwarded-* headers be kept? (See `is_trusted`.)"""

@@ -45,6 +45,7 @@ from mcp_proxy.http1.states import (
 
 if TYPE_CHECKING:
     from mcp_proxy.http1.settings import ClientSettings
+    from mcp_proxy.tls.session import TlsSession
 
 # Pipelined requests parsed ahead of the one being served: at most MAX_PIPELINED, plus what one
 # PARSE_SLICE holds (llhttp parses whole slices); the rest stays unparsed, reading paused.
@@ -70,6 +71,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = b""
         self.trusted = False  # the peer is a trusted proxy (its X-Forwarded-* are kept)
+        self.tls: TlsSession | None = None  # set by the TLS handshake (tls/listener.py)
         self.closed = False
         self.draining = False  # shutdown or half-close: finish the current request, then close
         self.reading = IDLE
@@ -240,6 +242,7 @@ class ClientConnection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.parsing = Request(self.writer, self.empty_body, self.peer, self.trusted)
+        self.parsing.tls = self.tls
         self._move(HEAD)
         self.head_bytes = 0
         self.raw_head_bytes = 0

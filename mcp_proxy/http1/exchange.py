@@ -35,6 +35,7 @@ from mcp_proxy.http1.pace import RATE_WINDOW, RateWindow
 
 if TYPE_CHECKING:
     from mcp_proxy.http1.settings import ClientSettings
+    from mcp_proxy.tls.session import TlsSession
 
 IDLE: Final = 0
 WAITING: Final = 1
@@ -97,6 +98,7 @@ class Request:
         "request_id",
         "started",
         "target",
+        "tls",
         "traceparent",
         "trusted",
         "upgrade",
@@ -109,6 +111,7 @@ class Request:
         self.writer = writer  # the one writer of its response (and of the connection's)
         self.peer = peer  # the client's address, as X-Forwarded-For ends with it
         self.trusted = trusted  # the peer is in trusted_proxies
+        self.tls: TlsSession | None = None  # its connection's TLS; None on plain HTTP
         self.method = ""
         self.method_bytes = b""  # as received: what goes upstream
         self.target = b""

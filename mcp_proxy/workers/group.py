@@ -104,6 +104,20 @@ class GroupReloader(Reloader):
                     log.error("worker %d (pid %d) did not take the new config: %s",
                               handle.index, handle.pid, answer.get("error"))  # fmt: skip
 
+    def _new_certificates(self, current: Runtime, trigger: str) -> dict[str, Any]:
+        """Same config, new listener certificate files: the workers serve TLS, not this
+        process, so each re-reads them (in the background: this answer cannot wait)."""
+        task = asyncio.get_running_loop().create_task(self._certificates_in_workers())
+        self.reloads.add(task)
+        task.add_done_callback(self.reloads.discard)
+        return super()._new_certificates(current, trigger)
+
+    async def _certificates_in_workers(self) -> dict[str, Any]:
+        answers = await ask_all(self.server.workers.ready(), {"op": "certificates"}, 30.0)
+        for problem in _problems(answers):
+            log.error("listener certificates not re-read: %s", problem)
+        return {}
+
 
 def _problems(answers: list[tuple[WorkerHandle, Message | None]]) -> list[str]:
     """Why the workers that said no said it, each line naming the worker."""

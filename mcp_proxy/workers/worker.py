@@ -60,11 +60,13 @@ class WorkerReloader(Reloader):
     def __init__(self, server: ProxyServer) -> None:
         super().__init__(server)
         self.pending: Runtime | None = None
+        self.pending_certificates: Any = None  # the listener's, read with the config (tls/)
 
     async def prepare(self, loaded: LoadedConfig) -> list[str]:
         """Build and warm `loaded` beside the running snapshot; the problems, if it cannot."""
         await self.abort()
         try:
+            self.pending_certificates = await self._certificates(loaded)
             self.pending = await self._build(loaded, self.server.runtime)
         except Refused as refusal:
             return refusal.problems
@@ -74,8 +76,17 @@ class WorkerReloader(Reloader):
         if self.pending is None:
             return False
         runtime, self.pending = self.pending, None
+        self.server.tls.use(self.pending_certificates)
         self._swap(self.server.runtime, runtime, trigger, started)
         return True
+
+    async def reread_certificates(self) -> list[str]:
+        """The config is unchanged but its certificate files may not be (a reload re-reads)."""
+        try:
+            self.server.tls.use(await self._certificates(self.server.runtime.loaded))
+        except Refused as refusal:
+            return refusal.problems
+        return []
 
     async def abort(self) -> None:
         if self.pending is not None:
@@ -130,6 +141,9 @@ class WorkerServer(ProxyServer):
         if op == "abort":
             await reloader.abort()
             return {"ok": True}
+        if op == "certificates":
+            problems = await reloader.reread_certificates()
+            return {"ok": not problems, "problems": problems}
         return {"error": f"unknown op {op!r}"}
 
     def status(self) -> Message:
