@@ -14,8 +14,8 @@ from bench.scenarios.mixed import run_mixed
 from bench.scenarios.priority import run_priority
 from bench.scenarios.rates import run_openloop
 from bench.scenarios.slow import run_slow
-from bench.scenarios.workers import run_workers
 from bench.scenarios.tls import run_tls
+from bench.scenarios.workers import run_workers
 
 
 @dataclass(frozen=True)
