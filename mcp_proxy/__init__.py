@@ -23,7 +23,8 @@ How this works (one request):
     upstream/     rtt (peak-EWMA), balancer (lowest_rtt, round_robin, least_request), health
                   (hysteresis, outlier ejection), health_check (probe loops), dns (aiodns
                   refresh), pool (idle keep-alive connections per backend), backend (one
-                  backend's live state), retry (budget, and when a retry is allowed)
+                  backend's live state), retry (budget, and when a retry is allowed), tls
+                  (one verifying client context per pool, its files, session resumption)
     tls/          the public listener's TLS: certs (pairs checked: key, chain order, names,
                   expiry), contexts (one per certificate, chosen by SNI), listener (each
                   connection's handshake through the loop's TLS protocol, counted, bounded;
@@ -35,7 +36,8 @@ How this works (one request):
     build.py      which modules run compiled (setup.py: MCP_PROXY_COMPILE=1 compiles the
                   request path with mypyc);  demo.py  `mcp-proxy demo` (demo_stream.py its SSE
                   route);  cli.py  commands
-    config/       model (frozen, typed), load (YAML with line numbers), check (cross-references)
+    config/       model (frozen, typed), load (YAML with line numbers), check (cross-references),
+                  keyfiles/tlsfiles (the files a config names: JWKS, pool TLS certificates)
     workers/      `workers: N | auto`: supervisor, zygote-forked workers on one SO_REUSEPORT
                   port, IPC, two-phase group reload, merged admin view (its __init__ says how)
 

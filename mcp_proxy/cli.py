@@ -100,8 +100,10 @@ def _environment_ok(path: str, loaded: LoadedConfig) -> bool:
     """Print what `run` would refuse about the environment; False if it would refuse here."""
     from mcp_proxy.config.environ import secret_env_findings
     from mcp_proxy.config.load import render_for
+    from mcp_proxy.config.tlsfiles import expiry_warnings
 
     findings = secret_env_findings(loaded.config)
+    findings.warnings.extend(expiry_warnings(loaded.config, loaded.source))  # pool TLS certs
     for warning in render_for(findings.warnings, loaded.text):
         print(f"{path}: warning: {warning}", file=sys.stderr)
     for problem in render_for(findings.problems, loaded.text):

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from mcp_proxy.config import ConfigError, LoadedConfig, load
 from mcp_proxy.runtime import Runtime
 from mcp_proxy.tls.certs import CertificateProblem
+from mcp_proxy.upstream.tls import TlsSettingsError
 
 if TYPE_CHECKING:
     from mcp_proxy.accesslog import AccessLog
@@ -161,6 +162,8 @@ class Reloader:
         """A started and warmed snapshot beside `current`; Refused if it cannot serve."""
         try:
             runtime = Runtime(loaded, current.loop, self.server.metrics, previous=current)
+        except TlsSettingsError as exc:  # a pool's TLS file changed again since it was checked
+            raise Refused([str(exc)]) from None
         except Exception as exc:  # validated config: a bug, but never the running config's end
             log.exception("config reload: building the new snapshot failed")
             raise Refused([f"cannot build the new config: {exc!r}"]) from None

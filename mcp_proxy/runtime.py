@@ -33,6 +33,7 @@ from mcp_proxy.upstream.balancer import Policy, make_policy
 from mcp_proxy.upstream.dns import DnsRefresher
 from mcp_proxy.upstream.health_check import HealthChecker
 from mcp_proxy.upstream.retry import RetryBudget
+from mcp_proxy.upstream.tls import UpstreamTls, log_changes, pool_contexts
 from mcp_proxy.workers.role import probes_here
 
 if TYPE_CHECKING:
@@ -81,7 +82,11 @@ class Runtime:
         self.retired: asyncio.Event | None = None  # set by the last request once swapped out
         self.read_timeout = config.upstream.read_timeout
         self.client_settings = ClientSettings(config)
-        self.pools, self._kept = _build_pools(config, loop, previous)
+        # One TLS context per pool with https backends; the running one where nothing changed.
+        self.upstream_tls: dict[str, UpstreamTls] = pool_contexts(
+            config, Path(loaded.source).parent, previous.upstream_tls if previous else {}
+        )
+        self.pools, self._kept = _build_pools(config, loop, previous, self.upstream_tls)
         self.backends = {b.key: b for backends in self.pools.values() for b in backends}
         self.routes = tuple(_build_route(r, config, self.pools, metrics) for r in config.routes)
         self._groups = _route_groups(self.routes)
@@ -146,11 +151,14 @@ class Runtime:
         if self.verifier is previous.verifier:
             previous.owns_verifier = False
             self.owns_verifier = True
+        log_changes(previous.upstream_tls, self.upstream_tls)
         self._configure_backends()
 
     def _configure_backends(self) -> None:
         for backend, pool, backend_config in self._kept:
-            backend.reconfigure(pool, backend_config, self.config)
+            backend.reconfigure(
+                pool, backend_config, self.config, self.upstream_tls.get(backend.pool)
+            )
         for key, backend in self.backends.items():
             # Every route candidate list a backend is in: the outlier ejection cap is per route.
             backend.groups = self._groups.get(key, [])
@@ -199,7 +207,10 @@ _Kept = tuple[Backend, PoolConfig, BackendConfig]
 
 
 def _build_pools(
-    config: Config, loop: asyncio.AbstractEventLoop, previous: Runtime | None
+    config: Config,
+    loop: asyncio.AbstractEventLoop,
+    previous: Runtime | None,
+    tls: dict[str, UpstreamTls],
 ) -> tuple[dict[str, tuple[Backend, ...]], list[_Kept]]:
     """Each pool's backends: the previous snapshot's object where it has the same (pool, url),
     else a new one. Kept backends are returned with their new settings, applied at the swap."""
@@ -211,7 +222,7 @@ def _build_pools(
         for backend_config in pool.backends:
             backend = old.get((name, backend_config.url))
             if backend is None:
-                backend = Backend(name, pool, backend_config, config, loop)
+                backend = Backend(name, pool, backend_config, config, loop, tls.get(name))
             else:
                 kept.append((backend, pool, backend_config))
             backends.append(backend)

@@ -4,6 +4,8 @@
 - `check.py`: checks of meaning across sections (unknown pools, unreachable routes, ...).
 - `load.py`: YAML with line numbers, pydantic errors as readable lines.
 - `keyfiles.py`: the files the config names (`jwks_file`) exist, parse and fit their issuer.
+- `tlsfiles.py`: each pool's TLS files load (`pools.<name>.tls`), enter the config's version,
+  and near-expiry warnings for `check`.
 - `units.py`: durations and sizes (`1h30m`, `64KiB`), shared with the command line.
 - `environ.py`: what `run` would refuse about the environment (`secret_env`); `check` prints it.
 

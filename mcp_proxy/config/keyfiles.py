@@ -1,4 +1,5 @@
-"""The files a config names: every `jwks_file` must exist, parse, and fit its issuer.
+"""The files a config names: every `jwks_file` must exist, parse, and fit its issuer (and each
+pool's TLS files load: config/tlsfiles.py).
 
 A config `check` passes is one whose key files the proxy will accept at start: the last step
 asks the auth module's own JWKS parser.
@@ -14,6 +15,7 @@ import jwt
 
 from mcp_proxy.config.check import Parts, Problem
 from mcp_proxy.config.model import IssuerConfig
+from mcp_proxy.config.tlsfiles import pool_tls_problems
 
 # Members only a private (or symmetric) JWK has.
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "k"})
@@ -26,6 +28,7 @@ def resolve_path(base_dir: Path, value: str) -> Path:
 
 
 def key_file_problems(parts: Parts, base_dir: Path) -> Iterator[Problem]:
+    yield from pool_tls_problems(parts, base_dir)
     for index, issuer in parts.issuers:
         if issuer.jwks_file is not None:
             path = ("auth", "issuers", index, "jwks_file")

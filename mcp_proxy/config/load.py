@@ -11,7 +11,6 @@ Nothing is started or fetched here; `load` only adds reading the file and its ve
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 import types
 from collections.abc import Iterator, Sequence
@@ -27,6 +26,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from mcp_proxy.config.check import KeyPath, Parts, Problem, find_problems
 from mcp_proxy.config.keyfiles import key_file_problems, resolve_path
 from mcp_proxy.config.model import Config
+from mcp_proxy.config.tlsfiles import version
 from mcp_proxy.tls.certs import listener_problems as listener_tls_problems
 from mcp_proxy.tls.certs import resolved as listener_tls_resolved
 
@@ -47,7 +47,7 @@ class ConfigError(Exception):
 class LoadedConfig:
     config: Config
     source: str  # the path as given
-    version: str  # "sha256:" + hex digest of the file's bytes
+    version: str  # "sha256:" + hex digest of the file's bytes (and its pool TLS files')
     text: str
 
 
@@ -66,8 +66,9 @@ def load(path: str | os.PathLike[str]) -> LoadedConfig:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{source}: not UTF-8 text (byte {exc.start})"]) from None
-    config = parse(text, Path(source).absolute().parent)
-    return LoadedConfig(config, source, "sha256:" + hashlib.sha256(raw).hexdigest(), text)
+    base_dir = Path(source).absolute().parent
+    config = parse(text, base_dir)
+    return LoadedConfig(config, source, version(raw, config, base_dir), text)
 
 
 def parse(text: str, base_dir: Path) -> Config:

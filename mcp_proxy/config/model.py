@@ -9,6 +9,7 @@ selector that matches nothing, duplicate route names) live in `config.check`; fi
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -115,12 +116,41 @@ class BackendConfig(Frozen):
 
 PoolKind = Literal["on-prem", "private", "public"]
 
+_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9])?")
+
+
+def _host_name(value: str) -> str:
+    if len(value) > 253 or not _HOSTNAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not a host name (the name the backends' certificate has)")
+    return value
+
+
+FilePath = Annotated[StrictStr, Field(min_length=1)]
+
+
+class PoolTls(Frozen):
+    """SPEC "TLS at both edges": how a pool's https backends are verified and who we are to
+    them. The files are read (and re-read on every reload) by `upstream.tls`."""
+
+    ca: FilePath | None = None  # PEM trust anchors; None: the system's
+    cert: FilePath | None = None  # client certificate (mTLS to the backends), chain allowed
+    key: FilePath | None = None
+    # SNI and the name verified; default: each backend URL's host
+    server_name: Annotated[StrictStr, AfterValidator(_host_name)] | None = None
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> PoolTls:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("give cert and key together (the client certificate and its key)")
+        return self
+
 
 class PoolConfig(Frozen):
     kind: PoolKind
     labels: Labels = {}
     cost: NonNegativeFloat = 0.0
     backends: Annotated[tuple[BackendConfig, ...], Field(min_length=1)]
+    tls: PoolTls | None = None  # for this pool's https backends
 
     def matches(self, selector: Mapping[str, str]) -> bool:
         """Does this pool carry every label of a route's `selector`?"""
@@ -347,9 +377,6 @@ class AccessLogConfig(Frozen):
 
 def _access_log(value: object) -> object:
     return {"enabled": value} if isinstance(value, bool) else value
-
-
-FilePath = Annotated[StrictStr, Field(min_length=1)]
 
 
 class CertificatePair(Frozen):

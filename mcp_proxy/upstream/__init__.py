@@ -9,4 +9,6 @@ passed in; the async code around them only carries the decisions out:
 - `health.Hysteresis` (active probes, rise/fall), `health.OutlierState` + `may_eject` (passive
   ejection from real traffic, capped per route group).
 - `retry.RetryBudget`: retries stay a bounded share of traffic.
+- `tls.pool_contexts(config, ...)`: one verifying TLS client context per pool with https
+  backends (`pools.<name>.tls`), kept across reloads while its settings and files are the same.
 """

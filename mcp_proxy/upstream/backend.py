@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 from mcp_proxy.config.model import BackendConfig, Config, PoolConfig
 from mcp_proxy.upstream.health import Hysteresis, OutlierState, may_eject
 from mcp_proxy.upstream.pool import ConnectionPool
 from mcp_proxy.upstream.rtt import PeakEwma
+from mcp_proxy.upstream.tls import UpstreamTls, build
 
 log = logging.getLogger("mcp_proxy.health")
 
@@ -70,6 +72,7 @@ class Backend:
         backend: BackendConfig,
         config: Config,
         loop: asyncio.AbstractEventLoop,
+        tls: UpstreamTls | None = None,
     ) -> None:
         self.pool = pool_name
         self.kind = pool.kind
@@ -93,7 +96,7 @@ class Backend:
             backend.url,
             backend.host,
             backend.port,
-            tls=backend.scheme == "https",
+            tls=_for_scheme(backend, tls),
             connect_timeout=upstream.connect_timeout,
             idle_timeout=upstream.idle_timeout,
             max_idle=upstream.max_idle_per_backend,
@@ -108,8 +111,14 @@ class Backend:
     def available(self, now: float) -> bool:
         return self.health.healthy and not self.outlier.is_ejected(now)
 
-    def reconfigure(self, pool: PoolConfig, backend: BackendConfig, config: Config) -> None:
-        """A reload kept this backend: take the new weight and cost, keep the live state."""
+    def reconfigure(
+        self,
+        pool: PoolConfig,
+        backend: BackendConfig,
+        config: Config,
+        tls: UpstreamTls | None = None,
+    ) -> None:
+        """A reload kept this backend: take the new weight, cost and TLS, keep the live state."""
         self.config = backend
         self.weight = backend.weight
         self.cost_factor = 1.0 + config.balancer.cost_weight * pool.cost
@@ -122,6 +131,7 @@ class Backend:
         connections.connect_timeout = upstream.connect_timeout
         connections.idle_timeout = upstream.idle_timeout
         connections.max_idle = upstream.max_idle_per_backend
+        connections.use_tls(_for_scheme(backend, tls))
 
     def record(self, ok: bool, now: float, max_ejected_percent: int) -> bool:
         """A passive signal from real traffic; returns True when it ejected the backend."""
@@ -158,3 +168,10 @@ class Backend:
             f"<Backend {self.pool} {self.url} healthy={self.health.healthy} "
             f"inflight={self.inflight} rtt={self.rtt!r} {self.outlier!r} {self.connections!r}>"
         )
+
+
+def _for_scheme(backend: BackendConfig, tls: UpstreamTls | None) -> UpstreamTls | None:
+    """An https backend always speaks TLS: without its pool's settings, the defaults."""
+    if backend.scheme != "https":
+        return None
+    return tls if tls is not None else build("(default)", None, Path("."))

@@ -8,7 +8,8 @@ down within `interval` x `unhealthy_threshold` (plus the failing probes' own tim
 a refused connect, up to `timeout` each for one that hangs).
 
 Probes go over the proxy's own upstream connection code (`pool.ConnectionPool`, llhttp), to
-the same resolved addresses as real requests and with the same TLS name, on a keep-alive
+the same resolved addresses as real requests and with the same TLS settings (the pool's
+context: trust anchors, name, client certificate; a TLS session of their own), on a keep-alive
 connection of their own per backend: the data path's pool is left alone, and a probe costs a
 TCP handshake only when its connection was lost. A probe passes on a 2xx or 3xx head within
 `timeout`. One that fails on a reused connection (the backend closed it while it sat idle) is
@@ -106,6 +107,7 @@ class HealthChecker:
         """The probe's RTT in seconds if it passed, else None."""
         pool = self._pool(backend)
         pool.addresses = backend.connections.addresses  # DNS refresh replaces the data pool's
+        pool.use_tls(backend.connections.tls)  # the same TLS settings, also after a reload
         request = self.requests[backend.key]
         try:
             async with asyncio.timeout(self.config.timeout):
@@ -127,7 +129,7 @@ class HealthChecker:
                 data.label,
                 data.host,
                 data.port,
-                tls=data.ssl is not None,
+                tls=data.tls,
                 connect_timeout=min(data.connect_timeout, self.config.timeout),
                 idle_timeout=data.idle_timeout,
                 max_idle=1,

@@ -55,7 +55,7 @@ def pool(url_host: str, port: int = 80) -> ConnectionPool:
         f"http://{url_host}:{port}",
         url_host,
         port,
-        tls=False,
+        tls=None,
         connect_timeout=1.0,
         idle_timeout=60.0,
         max_idle=4,
