@@ -234,7 +234,7 @@ class Lab:
         return service
 
     def start_nginx_proxy(
-        self, backends: Sequence[Addr], balance: str, access_log: bool = False
+        self, backends: Sequence[Addr], balance: str, access_log: bool = False, workers: int = 1
     ) -> Service:
         name = self._name("nginx")
         workdir = self.work_dir / name
@@ -242,7 +242,9 @@ class Lab:
         conf = self._config_path(name, "conf")
         log = workdir / "access.log" if access_log else None
         conf.write_text(
-            configs.nginx_proxy_conf(workdir, (HOST, self.ports.nginx), backends, balance, log)
+            configs.nginx_proxy_conf(
+                workdir, (HOST, self.ports.nginx), backends, balance, log, workers
+            )
         )
         return self._start_nginx(name, conf, workdir, self.cpus.proxy)
 

@@ -41,6 +41,8 @@ How this works (one request):
                   route);  cli.py  commands
     config/       model (frozen, typed), load (YAML with line numbers), check (cross-references),
                   keyfiles/tlsfiles (the files a config names: JWKS, pool TLS certificates)
+    workers/      `workers: N | auto`: supervisor, zygote-forked workers on one SO_REUSEPORT
+                  port, IPC, two-phase group reload, merged admin view (its __init__ says how)
 
 Decisions live in pure, synchronous objects (router, balancer, health state, admission queue,
 retry budget) with the clock and random generator passed in; the asyncio layer carries them out.

@@ -28,6 +28,7 @@ import asyncio
 import logging
 import os
 import select
+import stat
 import threading
 import time
 from typing import TYPE_CHECKING, Final
@@ -242,12 +243,16 @@ class AccessLog:
 
     def _write(self, data: bytearray) -> None:
         view = memoryview(data)
+        shared_pipe = stat.S_ISFIFO(os.fstat(self.fd).st_mode)
         try:
             while view:
                 try:
+                    chunk = (
+                        view[: whole_lines_within(view, select.PIPE_BUF)] if shared_pipe else view
+                    )
                     # Not `view[os.write(...):]`: mypyc evaluates a call in a slice bound
                     # twice there (each line was written twice in the compiled build).
-                    written = os.write(self.fd, view)
+                    written = os.write(self.fd, chunk)
                     view = view[written:]
                 except BlockingIOError:  # a non-blocking fd (a shared stdout): wait, bounded
                     select.select([], [self.fd], [], 1.0)
@@ -262,3 +267,16 @@ class AccessLog:
         if path == "-":
             return 1
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
+def whole_lines_within(data: memoryview, limit: int) -> int:
+    """How much of `data` to write at once to a pipe other processes write to as well (the
+    workers of a group share stdout): whole lines up to `limit` (PIPE_BUF), which the kernel
+    writes without interleaving; a single longer line goes alone."""
+    if len(data) <= limit:
+        return len(data)
+    end = bytes(data[:limit]).rfind(b"\n") + 1
+    if end:
+        return end
+    newline = bytes(data).find(b"\n")
+    return newline + 1 if newline >= 0 else len(data)

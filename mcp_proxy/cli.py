@@ -133,7 +133,7 @@ def run(path: str, log_level: str = "info") -> int:
         return 2
     setup_logging(log_level)
     map_large_buffers()  # memory.py: RSS comes back after a burst of slow readers
-    return serve(loaded)
+    return serve(loaded, log_level)
 
 
 def setup_logging(level: str) -> None:
@@ -145,13 +145,26 @@ def setup_logging(level: str) -> None:
     )
 
 
-def serve(loaded: LoadedConfig) -> int:
+def serve(loaded: LoadedConfig, log_level: str = "info") -> int:
     import uvloop
 
     from mcp_proxy.server import ProxyServer
+    from mcp_proxy.workers.count import available_cpus
+
+    workers = loaded.config.workers
+    count = available_cpus() if workers == "auto" else workers
+    # With workers, the zygote that forks them is forked now: everything imported, no event
+    # loop or thread running yet (workers/zygote.py).
+    from mcp_proxy.workers.zygote import Zygote
+
+    zygote = Zygote.fork() if count > 1 else None
 
     async def main() -> int:
         server = ProxyServer(loaded)
+        if zygote is not None:  # a supervisor and its workers (workers/); else one process
+            from mcp_proxy.workers.group import GroupServer
+
+            server = GroupServer(loaded, count, log_level, zygote)
         try:
             await server.start()
         except Exception as exc:  # a port in use, a key source that cannot be used

@@ -149,6 +149,7 @@ class Reloader:
             if problems:
                 raise Refused(problems)
             runtime = await self._build(loaded, current)
+            await self._apply_in_group(loaded, runtime, current, trigger)
         except ConfigError as error:
             return self._refuse(error.problems, trigger)
         except Refused as refusal:
@@ -179,6 +180,16 @@ class Reloader:
                 raise Refused([str(exc) or repr(exc)]) from None  # a key file or secret
             raise
         return runtime
+
+    async def _apply_in_group(
+        self, loaded: LoadedConfig, runtime: Runtime, current: Runtime, trigger: str
+    ) -> None:
+        """With workers (workers/group.py): every worker takes `loaded` before this process
+        swaps, or Refused (and `runtime` closed). One process: only `workers` is checked."""
+        problems = workers_problems(current.config, loaded.config)
+        if problems:
+            await runtime.close(keep=frozenset(current.backends))
+            raise Refused(problems)
 
     def _swap(self, current: Runtime, runtime: Runtime, trigger: str, started: float) -> None:
         server = self.server
@@ -335,6 +346,13 @@ def listener_problems(old: Config, new: Config, bound: Mapping[str, tuple[str, i
             "(restart the process to move a listener)"
         )
     return problems
+
+
+def workers_problems(old: Config, new: Config) -> list[str]:
+    if new.workers == old.workers:
+        return []
+    return [f"workers: cannot change from {old.workers} to {new.workers} by reload "
+            "(restart the process to change the number of workers)"]  # fmt: skip
 
 
 def _address(address: tuple[str, int]) -> str:

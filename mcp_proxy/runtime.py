@@ -47,6 +47,7 @@ from mcp_proxy.upstream.health_check import HealthChecker
 from mcp_proxy.upstream.retry import RetryBudget
 from mcp_proxy.upstream.tiers import Tier, Tiering, choose
 from mcp_proxy.upstream.tls import UpstreamTls, log_changes, pool_contexts
+from mcp_proxy.workers.role import probes_here
 
 if TYPE_CHECKING:
     from mcp_proxy.metrics import Metrics
@@ -162,6 +163,7 @@ class Runtime:
         # each class's queue-wait histogram, by class index (what admission hands out)
         self.queue_waits = tuple([metrics.queue_waits.get(c) for c in self.gate.class_names])
         self.health = HealthChecker(config.health)
+        self.probing = probes_here()  # not in a worker: its supervisor probes for the group
         self.dns = DnsRefresher(
             [b.connections for b in self.backends.values()], config.upstream.dns_refresh, loop=loop
         )
@@ -282,12 +284,13 @@ class Runtime:
             await self.verifier.start()
         await self.dns.resolve_all()
         self.dns.start()
-        self.health.start(self.backends.values())
+        if self.probing:
+            self.health.start(self.backends.values())
 
     async def warm(self, known: set[tuple[str, str]]) -> None:
         """Before a reload's swap: probe the backends the previous snapshot did not have."""
         fresh = [b for key, b in self.backends.items() if key not in known]
-        if fresh:
+        if fresh and self.probing:
             await asyncio.gather(*[self.health.probe(b) for b in fresh])
 
     def retire(self) -> None:

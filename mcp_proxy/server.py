@@ -43,6 +43,7 @@ class ProxyServer:
         self.stopping = asyncio.Event()
         self.drained = asyncio.Event()  # set when the last client connection closes
         self.listen_address: tuple[str, int] = ("", 0)
+        self.listen_socket: socket.socket | None = None  # a worker's (workers/): serve on it
         self.tls = TlsListener(self.metrics.tls_handshakes, self.metrics.tls_cert_expiry)
         self.admin_address: tuple[str, int] = ("", 0)
 
@@ -63,7 +64,7 @@ class ProxyServer:
         self.ref = RuntimeRef(runtime)
         self.metrics.watch(lambda: self.ref.current if self.ref else None)
         self.metrics.set_config_version(runtime.version)
-        self.reloader = Reloader(self)
+        self.reloader = self._make_reloader()
         await self._start_admin(runtime)
         await self._start_listener(runtime)
         log.info(
@@ -94,15 +95,24 @@ class ProxyServer:
             )
 
         loop = asyncio.get_running_loop()
-        with operations.naming_the_key("listen", host, port):
-            self.listener = await loop.create_server(
-                accept, host, port, reuse_address=True, backlog=1024
-            )
+        if self.listen_socket is not None:
+            self.listener = await loop.create_server(accept, sock=self.listen_socket, backlog=1024)
+        else:
+            with operations.naming_the_key("listen", host, port):
+                self.listener = await loop.create_server(
+                    accept, host, port, reuse_address=True, backlog=1024
+                )
         self.listen_address = _bound(self.listener)
 
-    async def _start_admin(self, runtime: Runtime) -> None:
+    def _make_reloader(self) -> Reloader:
+        return Reloader(self)
+
+    def _admin_app(self) -> web.Application:
         assert self.reloader is not None
-        app = make_admin_app(self, self.reloader)
+        return make_admin_app(self, self.reloader)
+
+    async def _start_admin(self, runtime: Runtime) -> None:
+        app = self._admin_app()
         self.admin_runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.admin_runner.setup()
         host, port = runtime.config.admin

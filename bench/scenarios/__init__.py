@@ -17,6 +17,7 @@ from bench.scenarios.rates import run_openloop
 from bench.scenarios.slow import run_slow
 from bench.scenarios.tiers import run_tiers
 from bench.scenarios.tls import run_tls
+from bench.scenarios.workers import run_workers
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,16 @@ _ALL_LISTED = (
         uses_wrk=False,
         fixed_targets=("mcp-proxy", "nginx", "haproxy"),
         backends=3,
+    ),
+    Scenario(
+        "workers",
+        "mcp-proxy with 1..N workers vs nginx with as many worker processes; 2 workers under"
+        " load through 50 reloads and a killed worker",
+        run_workers,
+        duration=5.0,
+        warmup=1.0,
+        uses_wrk=True,
+        fixed_targets=("mcp-proxy", "nginx"),
     ),
     Scenario(
         "tls",

@@ -481,6 +481,7 @@ class Config(Frozen):
     trusted_proxies: tuple[Network, ...] = ()  # peers whose X-Forwarded-* are kept
     headers_with_underscores: Literal["drop", "reject", "allow"] = "drop"
     admin_auth: AdminAuth | None = None
+    workers: Annotated[StrictInt, Field(ge=1, le=256)] | Literal["auto"] = 1  # workers/
     tls: ListenerTls | None = None  # the public listener's; pools have their own
 
     def is_trusted(self, peer_ip: str) -> bool:
