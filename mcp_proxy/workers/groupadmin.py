@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from mcp_proxy.workers.group import GroupServer
 
 ASK_TIMEOUT = 5.0
+REGISTRATION_PATH = "/admin/pools/"
+REGISTRATION_REFUSED = (
+    "backend registration is not supported with workers > 1 yet (registered backends would "
+    "not reach the workers); run this pool's registrations against workers: 1"
+)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -58,6 +63,10 @@ def add_group_view(app: web.Application, server: GroupServer) -> None:
 
     @web.middleware
     async def group_view(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith(REGISTRATION_PATH) and request.method != "GET":
+            # A lease would live in the supervisor's snapshot only, which serves no traffic:
+            # refused, rather than accepted and never used, until leases reach every worker.
+            return web.json_response({"error": REGISTRATION_REFUSED}, status=501)
         response = await handler(request)
         merge = merged.get(request.path)
         if merge is None or request.method != "GET" or not isinstance(response, web.Response):

@@ -165,8 +165,14 @@ async def test_health_probes_run_once_for_the_group(tmp_path: Path) -> None:
     backend._health = health  # type: ignore[method-assign]
     await backend._listen(0)
     health_config = {"interval": 0.2, "timeout": 0.5, "unhealthy_threshold": 1}
-    group = await Group.start(tmp_path, simple_config(backend, health=health_config))
+    config = simple_config(backend, health=health_config)
+    config["pools"]["dc1"]["registration"] = True
+    group = await Group.start(tmp_path, config)
     try:
+        # Registration is refused in a group (a lease would not reach the workers), clearly.
+        lease = {"url": "http://127.0.0.1:1", "ttl": "10s"}
+        status, answer = await group.admin("/admin/pools/dc1/backends", "PUT", lease)
+        assert status == 501 and "workers > 1" in answer["error"]
         await eventually(lambda: len(probes) >= 2)
         start, first = time.monotonic(), len(probes)
         await eventually(lambda: time.monotonic() - start >= 1.0)

@@ -77,8 +77,9 @@ class Group:
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    async def admin(self, path: str, method: str = "GET") -> tuple[int, Any]:
-        async with self.http.request(method, f"http://127.0.0.1:{self.admin_port}{path}") as r:
+    async def admin(self, path: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
+        url = f"http://127.0.0.1:{self.admin_port}{path}"
+        async with self.http.request(method, url, json=body) as r:
             body = await r.read()
             if r.content_type == "application/json":
                 return r.status, await r.json()
