@@ -45,6 +45,7 @@ REQUEST_PATH = [
     "mcp_proxy/headers.py",
     "mcp_proxy/routing.py",
     "mcp_proxy/runtime.py",
+    "mcp_proxy/route.py",
     "mcp_proxy/tally.py",
     "mcp_proxy/admission/gate.py",
     "mcp_proxy/admission/queue.py",

@@ -17,6 +17,7 @@ How this works (one request):
     tunnels.py    WebSocket: the upgrade head, max_tunnels, the hand-over at the backend's 101
     headers.py    what happens to header fields on the way (hop-by-hop, X-Forwarded-*, Via)
     runtime.py    Runtime: everything computed once from one config; RuntimeRef.current
+    route.py      Route: a route's candidates, tiers or split, mirror; pick() is the one choice
     routing.py    Router: first match wins (path prefix, methods, host, headers)
     auth/         JWT verification (pyjwt) with a verified-token cache; key sets (file/URL/env)
     admission/    priority queue (pure) and its asyncio gate

@@ -22,7 +22,8 @@ from mcp_proxy.http1.path import UnsafePath, normalize_path
 from mcp_proxy.upstream.tiers import choose, shares_now
 
 if TYPE_CHECKING:
-    from mcp_proxy.runtime import Route, Runtime
+    from mcp_proxy.route import Route
+    from mcp_proxy.runtime import Runtime
     from mcp_proxy.upstream.backend import Backend
 
 Headers = list[tuple[bytes, bytes]]

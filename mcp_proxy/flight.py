@@ -16,7 +16,8 @@ from mcp_proxy.errors import ANY_METHOD, ProxyError
 from mcp_proxy.http1 import wire
 from mcp_proxy.http1.exchange import Request
 from mcp_proxy.http1.upstream import ResponseHead, UpstreamConnection
-from mcp_proxy.runtime import Route, Runtime
+from mcp_proxy.route import Route
+from mcp_proxy.runtime import Runtime
 from mcp_proxy.upstream.backend import Backend
 from mcp_proxy.upstream.retry import retry_allowed
 
