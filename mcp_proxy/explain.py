@@ -59,7 +59,10 @@ def explain(
     shares = shares_now(route.tiers, route.tiering, now)
     # A copy of the policy: the pick must not move round robin's position.
     policy, rng = copy.deepcopy(route.policy), random.Random()
-    pick = choose(route.tiers, policy, route.tiering, now, rng)
+    if route.split is not None:  # the side whose turn it is, as Route.pick would take it
+        pick = route.split.detached().pick(now, rng)
+    else:
+        pick = choose(route.tiers, policy, route.tiering, now, rng)
     return {
         "route": route.name,
         "auth": _auth(route.scopes),

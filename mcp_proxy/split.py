@@ -12,6 +12,7 @@ with a policy of its own (round robin keeps state per candidate list).
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Container, Sequence
 from typing import Generic
@@ -67,6 +68,14 @@ class Split(Generic[C]):
 
     def __repr__(self) -> str:
         return f"<Split {[len(side) for side in self.sides]} {self.weights!r}>"
+
+    def detached(self) -> Split[C]:
+        """A copy whose picks move nothing of this one (explain's dry run): the scores and the
+        policies' state are copied, the sides' backends are shared."""
+        twin = copy.copy(self)
+        twin.weights = copy.deepcopy(self.weights)
+        twin.policies = tuple(copy.deepcopy(policy) for policy in self.policies)
+        return twin
 
     def pick(self, now: float, rng: random.Random, exclude: Container[C] = ()) -> C | None:
         """A backend from the side whose turn it is (a side without one sits out)."""

@@ -63,6 +63,15 @@ def test_split_excludes_what_a_retry_tried() -> None:
     assert {split.pick(0.0, random.Random(), exclude={a}) for _ in range(6)} == {b}
 
 
+def test_a_detached_split_picks_what_the_next_request_gets_and_moves_nothing() -> None:
+    a1, a2, b = Fake("a1"), Fake("a2"), Fake("b")
+    split = Split([2, 1], [(a1, a2), (b,)], [RoundRobin(), RoundRobin()])
+    rng = random.Random(1)
+    for _ in range(4):  # explain's dry run, asked before each request, names its backend
+        assert split.detached().pick(0.0, rng) is split.pick(0.0, rng)
+    assert split.detached().sides is split.sides  # the backends are shared, never copied
+
+
 def test_spread_takes_exactly_the_percent_evenly() -> None:
     spread = Spread(10.0)
     takes = [spread.take() for _ in range(1000)]
