@@ -26,6 +26,7 @@ class Served(Protocol):
     metrics: Metrics
     ref: RuntimeRef | None
     tls: TlsListener
+    serving: bool  # the public listener accepts
 
     @property
     def runtime(self) -> Runtime: ...
@@ -44,7 +45,7 @@ def make_admin_app(server: Served, reloader: Reloads) -> web.Application:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        ready = server.ref is not None and server.runtime.healthy_backends() > 0
+        ready = server.serving and server.ref is not None and server.runtime.healthy_backends() > 0
         return web.json_response(
             {"ready": ready}, status=200 if ready else 503, headers={"Cache-Control": "no-store"}
         )

@@ -37,6 +37,9 @@ class ProxyServer:
         self.connections: set[ClientConnection] = set()
         self.ref: RuntimeRef | None = None
         self.listener: asyncio.Server | None = None
+        # Ready (/readyz) only once the public listener accepts: the admin starts first, and a
+        # probe answered 200 before that would send traffic to a port nobody listens on yet.
+        self.serving = False
         self.admin_runner: web.AppRunner | None = None
         self.reloader: Reloader | None = None
         self.access_log: AccessLog | None = None
@@ -67,6 +70,7 @@ class ProxyServer:
         self.reloader = self._make_reloader()
         await self._start_admin(runtime)
         await self._start_listener(runtime)
+        self.serving = True
         log.info(
             "mcp-proxy listening on %s:%d (admin %s:%d), config %s",
             *self.listen_address, *self.admin_address, runtime.version[:19],

@@ -355,3 +355,15 @@ async def test_readyz_is_503_when_no_backend_is_healthy(tmp_path: Path, backend:
         assert (await proxy.admin("/healthz"))[0] == 200  # the process still serves
     finally:
         await proxy.stop()
+
+
+async def test_readyz_is_503_until_the_public_listener_accepts(tmp_path: Path, backend: Backend):
+    """The admin starts before the public listener: ready only once the listener is up."""
+    proxy = await Proxy.start(tmp_path, simple_config(backend))
+    try:
+        proxy.server.serving = False  # as between the admin's start and the listener's
+        assert (await proxy.admin("/readyz"))[0] == 503
+        proxy.server.serving = True
+        assert (await proxy.admin("/readyz"))[0] == 200
+    finally:
+        await proxy.stop()
