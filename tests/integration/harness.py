@@ -203,6 +203,20 @@ async def eventually(
         await asyncio.sleep(interval)  # sleep-ok: a bounded poll, the pause between checks
 
 
+async def until_ready(admin_port: int, timeout: float = 20.0) -> None:
+    """Poll (bounded) until a proxy started as a process answers /readyz with 200."""
+    async with aiohttp.ClientSession() as http:
+
+        async def ready() -> bool:
+            try:
+                async with http.get(f"http://127.0.0.1:{admin_port}/readyz") as response:
+                    return response.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await eventually(ready, timeout=timeout)
+
+
 async def raw_request(port: int, data: bytes, read_timeout: float = 5.0) -> bytes:
     """Send raw bytes on a new connection; return everything read until the server closes
     (or `read_timeout` passes with nothing more)."""

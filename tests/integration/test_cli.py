@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from tests.integration.harness import Backend, eventually, free_port, simple_config
+from tests.integration.harness import Backend, eventually, free_port, simple_config, until_ready
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,16 +72,8 @@ async def test_run_serves_and_sigterm_drains_and_exits_0(tmp_path: Path):
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
     )  # fmt: skip
     try:
+        await until_ready(admin)
         async with aiohttp.ClientSession() as http:
-
-            async def ready() -> bool:
-                try:
-                    async with http.get(f"http://127.0.0.1:{admin}/readyz") as r:
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await eventually(ready, timeout=20)
             in_flight = asyncio.create_task(http.get(f"http://127.0.0.1:{port}/slow"))
             await eventually(lambda: backend.inflight == 1)
             process.send_signal(signal.SIGTERM)

@@ -18,7 +18,14 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.integration.harness import Backend, Proxy, eventually, free_port, simple_config
+from tests.integration.harness import (
+    Backend,
+    Proxy,
+    eventually,
+    free_port,
+    simple_config,
+    until_ready,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 HEALTH = {"interval": "100ms", "timeout": "300ms", "unhealthy_threshold": 2, "healthy_threshold": 2}
@@ -213,16 +220,8 @@ async def test_sigterm_logs_the_requests_it_drains_and_how_long_it_took(tmp_path
     config = simple_config(backend, listen=f"127.0.0.1:{port}", admin=f"127.0.0.1:{admin}")
     process = await start_cli(write_config(tmp_path, config))
     try:
+        await until_ready(admin)
         async with aiohttp.ClientSession() as http:
-
-            async def ready() -> bool:
-                try:
-                    async with http.get(f"http://127.0.0.1:{admin}/readyz") as response:
-                        return response.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await eventually(ready, timeout=20)
             in_flight = asyncio.create_task(http.get(f"http://127.0.0.1:{port}/slow"))
             await eventually(lambda: backend.inflight == 1)
             process.send_signal(signal.SIGTERM)
