@@ -172,10 +172,15 @@ def may_retry(flight: Flight, error: ProxyError, backend: Backend) -> bool:
     if not retry_allowed(error.retry, flight.attempts, retries, whole, idempotent):
         return False
     flight.tried.append(backend)
-    # The budget bounds the extra work retries ask of backends. A request that never reached
-    # one (a refused or timed-out connect: ANY_METHOD) asks none by going elsewhere, so it is
-    # not held to the budget: failing over a dead tier under load must not turn into 502s.
-    return error.retry == ANY_METHOD or flight.runtime.retry_budget.can_retry(monotonic())
+    return not budgeted(error) or flight.runtime.retry_budget.can_retry(monotonic())
+
+
+def budgeted(error: ProxyError) -> bool:
+    """Is a retry after `error` held to (and counted in) the retry budget? The budget bounds the
+    extra work retries ask of backends; a request that never reached one (a refused or
+    timed-out connect: ANY_METHOD) asks none by going elsewhere, so failing over a dead tier
+    under load does not turn into 502s."""
+    return error.retry != ANY_METHOD
 
 
 def may_retry_status(flight: Flight, now: float) -> bool:

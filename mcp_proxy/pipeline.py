@@ -29,7 +29,6 @@ from typing import Any, Final, cast
 from mcp_proxy.accesslog import AccessLog
 from mcp_proxy.auth import Identity, authorize, bearer_token
 from mcp_proxy.errors import (
-    ANY_METHOD,
     AuthError,
     ClientGone,
     Forbidden,
@@ -52,6 +51,7 @@ from mcp_proxy.flight import (
     SEND,
     Attempt,
     Flight,
+    budgeted,
     framed,
     may_retry,
     may_retry_status,
@@ -239,7 +239,7 @@ class Pipeline:
             if backend is None:
                 raise flight.last_error or NoHealthyBackend(nothing_available(route.tiers, now))
             if flight.last_error is not None:  # a retry counts once it has somewhere to go
-                if flight.last_error.retry != ANY_METHOD:  # nothing sent: not budgeted (flight)
+                if budgeted(flight.last_error):
                     runtime.retry_budget.record_retry(now)
                 runtime.count_retry()
             flight.attempts += 1
