@@ -111,6 +111,7 @@ def backends_document(server: Served) -> dict[str, Any]:
                         "rtt_ms": round(backend.rtt.cost_at(now) * 1000, 3),
                         "inflight": backend.inflight,
                         "weight": backend.weight,
+                        **({"address": backend.address} if backend.address else {}),
                         **registration_fields(runtime, name, backend.url),
                     }
                     for backend in runtime.pools[name]

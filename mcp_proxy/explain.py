@@ -76,6 +76,7 @@ def explain(
             for tier, share in zip(route.tiers, shares, strict=True)
         ],
         "pick": None if pick is None else pick.url,
+        **({"pick_address": pick.address} if pick is not None and pick.address else {}),
     }
 
 
@@ -90,6 +91,7 @@ def _candidate(route: Route, backend: Backend, now: float) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "url": backend.url,
         "pool": backend.pool,
+        **({"address": backend.address} if backend.address else {}),
         "available": backend.available(now),
         "rtt_ms": round(backend.rtt.cost_at(now) * 1000, 3),
         "inflight": backend.inflight,

@@ -210,9 +210,20 @@ class _StateCollector(Collector):
             now = monotonic()
             for pool, backends in runtime.pools.items():
                 for backend in backends:
-                    rtt.add_metric([pool, backend.url], backend.rtt.cost_at(now))
-                    healthy.add_metric([pool, backend.url], float(backend.available(now)))
+                    labels = _backend_labels(pool, backend)
+                    rtt.add_sample(rtt.name, labels, backend.rtt.cost_at(now))
+                    healthy.add_sample(healthy.name, labels, float(backend.available(now)))
                 inflight.add_metric([pool], float(sum(b.inflight for b in backends)))
             for name, count in runtime.gate.depth_by_class().items():
                 depth.add_metric([name], float(count))
         yield from (rtt, healthy, inflight, depth)
+
+
+def _backend_labels(pool: str, backend: Backend) -> dict[str, str]:
+    """`pool` and `backend` (the URL as configured); `address` too for one address of a host
+    name with its own backend (upstream/members.py), so the series of a name's addresses are
+    told apart while an IP literal's series stay as they were."""
+    labels = {"pool": pool, "backend": backend.url}
+    if backend.address:
+        labels["address"] = backend.address
+    return labels

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from mcp_proxy.runtime import RuntimeRef
     from mcp_proxy.tls.contexts import Contexts
     from mcp_proxy.tls.listener import TlsListener
+    from mcp_proxy.upstream.backend import BackendKey
 
 
 class Host(Protocol):
@@ -253,7 +254,7 @@ class Reloader:
         return {"listen": self.server.listen_address, "admin": self.server.admin_address}
 
     # -- retiring the old snapshot ------------------------------------------------------------
-    def _close_when_idle(self, runtime: Runtime, keep: frozenset[tuple[str, str]]) -> None:
+    def _close_when_idle(self, runtime: Runtime, keep: frozenset[BackendKey]) -> None:
         async def close() -> None:
             try:
                 if runtime.active:

@@ -10,14 +10,17 @@ both (health, RTT estimate, pooled connections) and, when `admission` is unchang
 gate. Building it changes nothing the running snapshot can see; the new settings reach the
 shared objects in `take_over()`, at the swap. A reload that is refused after the build therefore
 leaves the running snapshot exactly as it was.
+
+A configured backend whose host name has several addresses is one backend per address
+(upstream/members.py); a DNS answer (or in a worker, its supervisor's) reaches `readdress`, the
+one place where that set of backends changes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,19 +28,16 @@ from typing import TYPE_CHECKING
 from mcp_proxy.admission.gate import AdmissionGate
 from mcp_proxy.auth import Verifier
 from mcp_proxy.config import LoadedConfig
-from mcp_proxy.config.model import (
-    BackendConfig,
-    Config,
-    PoolConfig,
-)
+from mcp_proxy.config.model import BackendConfig, Config
 from mcp_proxy.http1.settings import ClientSettings
 from mcp_proxy.mirror import Mirrors
 from mcp_proxy.registration import Registrations
 from mcp_proxy.route import Route, build_route
 from mcp_proxy.routing import Router
-from mcp_proxy.upstream.backend import Backend
+from mcp_proxy.upstream.backend import Backend, BackendKey
 from mcp_proxy.upstream.dns import DnsRefresher
 from mcp_proxy.upstream.health_check import HealthChecker
+from mcp_proxy.upstream.members import Members
 from mcp_proxy.upstream.retry import RetryBudget
 from mcp_proxy.upstream.tls import UpstreamTls, log_changes, pool_contexts
 from mcp_proxy.workers.role import probes_here
@@ -71,8 +71,13 @@ class Runtime:
         self.upstream_tls: dict[str, UpstreamTls] = pool_contexts(
             config, Path(loaded.source).parent, previous.upstream_tls if previous else {}
         )
-        self.pools, self._kept = _build_pools(config, loop, previous, self.upstream_tls)
-        self.configured = dict(self.pools)  # the config's own backends, without registered ones
+        # Each configured backend as its members; those in both snapshots are the same objects.
+        self.members: Members = Members(
+            config, loop, self.upstream_tls, previous.members if previous is not None else None
+        )
+        # The config's own backends, without registered ones.
+        self.configured = {name: self.members.of_pool(name) for name in config.pools}
+        self.pools = dict(self.configured)
         # Backends registered at run time, by pool and url (registration.py keeps them in step
         # with their leases); a reload's snapshot adopts them at the swap (`take_over`).
         self.registered: dict[str, dict[str, Backend]] = {}
@@ -99,9 +104,12 @@ class Runtime:
         self.queue_waits = tuple([metrics.queue_waits.get(c) for c in self.gate.class_names])
         self.health = HealthChecker(config.health)
         self.probing = probes_here()  # not in a worker: its supervisor probes for the group
+        upstream = config.upstream
         self.dns = DnsRefresher(
-            [b.connections for b in self.backends.values()], config.upstream.dns_refresh, loop=loop
-        )
+            self.members.names(), upstream.dns_refresh, self.readdress, loop=loop,
+            known=self.members.known(), servers=upstream.dns_servers,
+        )  # fmt: skip
+        self.first = previous is None  # a reload's snapshot refreshes DNS from the swap on
         self.closed = False
         # Process-wide, carried over by every reload: registrations and mirrored copies.
         self.registrations: Registrations
@@ -130,8 +138,13 @@ class Runtime:
             previous.owns_verifier = False
             self.owns_verifier = True
         log_changes(previous.upstream_tls, self.upstream_tls)
+        self.members.adopt(previous.members)
+        self.configured = {name: self.members.of_pool(name) for name in self.config.pools}
         self._configure_backends()
         self._adopt_registered(previous)
+        self.dns.adopt(previous.dns)
+        if self.probing:
+            self.dns.start()
 
     def _adopt_registered(self, previous: Runtime) -> None:
         """The registered backends of pools that still allow registration live on here."""
@@ -184,6 +197,32 @@ class Runtime:
             backend.connections.close()
         return removed
 
+    def readdress(self, name: str, addresses: Sequence[str]) -> None:
+        """A host name's new address set (a DNS answer, or the supervisor's): one backend per
+        address of every configured backend with that name. A new one is probed like the
+        others; one that is gone takes no new request, its idle connections close and its
+        requests in flight finish."""
+        added, removed = self.members.readdress(name, addresses)
+        if not added and not removed:
+            return
+        for backend in removed:
+            del self.backends[backend.key]
+        for backend in added:
+            self.backends[backend.key] = backend
+        pools = {backend.pool for backend in (*added, *removed)}
+        for pool in pools:
+            self.configured[pool] = self.members.of_pool(pool)
+        self._rebuild(pools)
+        for backend in removed:
+            self.health.forget(backend.key)
+            backend.connections.close()
+        if self.probing:
+            self.health.start(added)
+
+    def follow(self, addresses: Mapping[str, Sequence[str]]) -> None:
+        """A worker: the address sets its supervisor resolved (see `readdress`)."""
+        self.dns.follow(addresses)
+
     def _rebuild(self, changed: Collection[str] = ()) -> None:
         """Pools and route candidates after the registered set changed: of the `changed`
         pools and the routes that name them only (a registration costs O(those routes)), or
@@ -204,10 +243,7 @@ class Runtime:
                 backend.groups = groups
 
     def _configure_backends(self) -> None:
-        for backend, pool, backend_config in self._kept:
-            backend.reconfigure(
-                pool, backend_config, self.config, self.upstream_tls.get(backend.pool)
-            )
+        self.backends = {b.key: b for backends in self.configured.values() for b in backends}
         for key, backend in self.backends.items():
             # Every route candidate list a backend is in: the outlier ejection cap is per route.
             backend.groups = self._groups.get(key, [])
@@ -217,12 +253,16 @@ class Runtime:
         a key source cannot be used."""
         if self.owns_verifier:  # else carried over, started already
             await self.verifier.start()
-        await self.dns.resolve_all()
-        self.dns.start()
+        if self.probing:
+            await self.dns.resolve_all()
+            if self.first:
+                self.dns.start()
+        else:  # a worker: its supervisor resolves for the group (`follow`)
+            self.dns.answer_known()
         if self.probing:
             self.health.start(self.backends.values())
 
-    async def warm(self, known: set[tuple[str, str]]) -> None:
+    async def warm(self, known: set[BackendKey]) -> None:
         """Before a reload's swap: probe the backends the previous snapshot did not have."""
         fresh = [b for key, b in self.backends.items() if key not in known]
         if fresh and self.probing:
@@ -238,7 +278,7 @@ class Runtime:
         now = time.monotonic()
         return sum(backend.serving(now) for backend in self.backends.values())
 
-    async def close(self, keep: frozenset[tuple[str, str]] = frozenset()) -> None:
+    async def close(self, keep: frozenset[BackendKey] = frozenset()) -> None:
         """Release what this snapshot alone holds; backends in `keep` live on in the next one."""
         self.closed = True
         await self.health.close()
@@ -253,9 +293,6 @@ class Runtime:
         for key, backend in self.backends.items():
             if key not in keep:
                 backend.connections.close()
-
-
-_Kept = tuple[Backend, PoolConfig, BackendConfig]
 
 
 def _verifier(
@@ -289,37 +326,8 @@ def _gate(
     return AdmissionGate(config.admission, loop=loop), True
 
 
-def _build_pools(
-    config: Config,
-    loop: asyncio.AbstractEventLoop,
-    previous: Runtime | None,
-    tls: dict[str, UpstreamTls],
-) -> tuple[dict[str, tuple[Backend, ...]], list[_Kept]]:
-    """Each pool's backends: the previous snapshot's object where it has the same (pool, url),
-    else a new one. Kept backends are returned with their new settings, applied at the swap."""
-    old = previous.backends if previous is not None else {}
-    # A backend a reload adds starts its slow start now; at first start-up nobody ramps (all
-    # would ramp together, which only shifts traffic between tiers for nothing).
-    joined_at = time.monotonic() if previous is not None else -math.inf
-    pools: dict[str, tuple[Backend, ...]] = {}
-    kept: list[_Kept] = []
-    for name, pool in config.pools.items():
-        backends = []
-        for backend_config in pool.backends:
-            backend = old.get((name, backend_config.url))
-            if backend is None:
-                backend = Backend(
-                    name, pool, backend_config, config, loop, tls.get(name), joined_at
-                )
-            else:
-                kept.append((backend, pool, backend_config))
-            backends.append(backend)
-        pools[name] = tuple(backends)
-    return pools, kept
-
-
-def _route_groups(routes: tuple[Route, ...]) -> dict[tuple[str, str], list[tuple[Backend, ...]]]:
-    groups: dict[tuple[str, str], list[tuple[Backend, ...]]] = {}
+def _route_groups(routes: tuple[Route, ...]) -> dict[BackendKey, list[tuple[Backend, ...]]]:
+    groups: dict[BackendKey, list[tuple[Backend, ...]]] = {}
     for route in routes:
         for backend in route.candidates:
             groups.setdefault(backend.key, []).append(route.candidates)

@@ -383,6 +383,27 @@ class RouteConfig(Frozen):
     client_cert: Literal["required"] | None = None
 
 
+def _check_dns_server(value: str) -> str:
+    """A name server as c-ares takes it: `10.0.0.10`, `10.0.0.10:5353`, `fd00::a`, `[fd00::a]:53`
+    (an address: a name server found by name would need a name server first)."""
+    host, port = value, ""
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.removeprefix(":") if rest.startswith(":") else "x" if rest else ""
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address, IP:port or [IPv6]:port") from None
+    if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"{value!r}: the port must be from 1 to 65535")
+    return value
+
+
+DnsServer = Annotated[StrictStr, AfterValidator(_check_dns_server)]
+
+
 class UpstreamConfig(Frozen):
     """How the proxy talks to backends (an addition to SPEC.md's keys)."""
 
@@ -390,6 +411,7 @@ class UpstreamConfig(Frozen):
     idle_timeout: PositiveDuration = 60.0  # a pooled connection unused this long is closed
     max_idle_per_backend: Annotated[StrictInt, Field(ge=0)] = 128
     dns_refresh: PositiveDuration = 30.0  # re-resolve host names at least this often
+    dns_servers: tuple[DnsServer, ...] = ()  # name servers for backend names; (): the system's
     max_response_header_bytes: Annotated[Size, Field(ge=1024)] = 64 * 1024  # more -> 502
     read_timeout: PositiveDuration = 300.0  # most time between two reads of a response body
 

@@ -1,7 +1,11 @@
 """A backend at run time: its RTT estimate, in-flight count, health, ejection and connections.
 
-A Backend outlives config reloads when the new config still has it (same pool, same URL): the
-reload carries the object over, so health, RTT figure and pooled connections survive.
+A Backend outlives config reloads when the new config still has it (same pool, same URL, same
+address): the reload carries the object over, so health, RTT figure and pooled connections
+survive. A configured backend whose host is a name is one Backend per address of that name
+(`address`; members.py decides which), each connecting to its address alone while TLS SNI, the
+verified name and the Host header stay the name. One whose host is an IP literal, a name not
+resolved yet, or a registered backend has `address` "" and connects to the URL's host.
 
 Two health signals meet here (decisions in `health.py`):
 
@@ -45,10 +49,14 @@ class Outlier(OutlierState):
         return True
 
 
+BackendKey = tuple[str, str, str]  # (pool, url as configured, address or "")
+
+
 class Backend:
     """Satisfies `balancer.Candidate`."""
 
     __slots__ = (
+        "address",
         "config",
         "connections",
         "cost_factor",
@@ -58,6 +66,7 @@ class Backend:
         "inflight",
         "joined_at",
         "kind",
+        "label",
         "max_inflight",
         "outlier",
         "pool",
@@ -77,8 +86,12 @@ class Backend:
         loop: asyncio.AbstractEventLoop,
         tls: UpstreamTls | None = None,
         joined_at: float = -math.inf,
+        address: str = "",
     ) -> None:
         self.pool = pool_name
+        self.address = address  # "": the URL's host itself (an IP literal, or not resolved yet)
+        # What logs and connection errors call it: the URL, and the address when it is one.
+        self.label = f"{backend.url} at {address}" if address else backend.url
         self.kind = pool.kind
         self.config = backend
         self.url = backend.url
@@ -101,7 +114,7 @@ class Backend:
         self.groups: list[tuple[Backend, ...]] = []
         upstream = config.upstream
         self.connections = ConnectionPool(
-            backend.url,
+            self.label,
             backend.host,
             backend.port,
             tls=_for_scheme(backend, tls),
@@ -111,10 +124,12 @@ class Backend:
             loop=loop,
             max_head_bytes=upstream.max_response_header_bytes,
         )
+        if address:
+            self.connections.addresses = [address]
 
     @property
-    def key(self) -> tuple[str, str]:
-        return (self.pool, self.url)
+    def key(self) -> BackendKey:
+        return (self.pool, self.url, self.address)
 
     def available(self, now: float) -> bool:
         """May it take a request now: serving, and below its `max_inflight`."""
@@ -172,7 +187,7 @@ class Backend:
             return False
         if all(self._may_eject_from(group, now, max_ejected_percent) for group in self.groups):
             duration = self.outlier.eject(now)
-            healthlog.ejected(self.url, self.pool, duration, self.outlier.failures_to_eject)
+            healthlog.ejected(self.label, self.pool, duration, self.outlier.failures_to_eject)
             until = self.outlier.ejected_until
             self.connections.loop.call_later(duration, self._ejection_timed_out, until)
             return True
@@ -185,13 +200,13 @@ class Backend:
         if self.health.healthy:
             self.joined_at = now  # back: slow start ramps it up again
         if self.health.healthy and self.outlier.reinstate(now):
-            healthlog.ejection_over(self.url, self.pool, "ended: health probes pass again")
+            healthlog.ejection_over(self.label, self.pool, "ended: health probes pass again")
         return True
 
     def _ejection_timed_out(self, until: float) -> None:
         """The ejection that was to end at `until` ran its time (not ended early, not renewed)."""
         if self.outlier.ejected_until == until:
-            healthlog.ejection_over(self.url, self.pool, "time is up")
+            healthlog.ejection_over(self.label, self.pool, "time is up")
 
     def _may_eject_from(
         self, group: tuple[Backend, ...], now: float, max_ejected_percent: int
@@ -204,7 +219,7 @@ class Backend:
 
     def __repr__(self) -> str:
         return (
-            f"<Backend {self.pool} {self.url} healthy={self.health.healthy} "
+            f"<Backend {self.pool} {self.label} healthy={self.health.healthy} "
             f"inflight={self.inflight} rtt={self.rtt!r} {self.outlier!r} {self.connections!r}>"
         )
 

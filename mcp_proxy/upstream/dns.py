@@ -1,11 +1,11 @@
 """Backend host names: resolved with aiodns before serving, then kept fresh in the background.
 
-Theory of operation. Every distinct host name among a runtime's backends has one `NameState`
-(pure: its last good addresses and when to look again) and one refresh task. A connection pool
-connects to `ConnectionPool.addresses`; its `host` stays the name (TLS SNI, Host). A lookup that
-answers replaces the addresses of every pool with that name; one that fails (no answer, timeout,
-NXDOMAIN) changes nothing, so a DNS outage never takes a working backend away. IP literals are
-never looked up.
+Theory of operation. Every distinct host name among a runtime's configured backends has one
+`NameState` (pure: its last good addresses and when to look again) and one refresh task. An
+answer goes to the runtime (`on_answer`), which makes one backend per address of every
+configured backend with that name (members.py); one that fails (no answer, timeout, NXDOMAIN)
+changes nothing, so a DNS outage never takes a working backend away. IP literals are never
+looked up.
 
 When to look again: after the record's TTL, but at least every `upstream.dns_refresh` and at
 most once a second (a TTL of 0, as /etc/hosts answers carry, means "unknown": `dns_refresh`).
@@ -17,8 +17,18 @@ Which addresses: the IPv4 ones when the name has any, else the IPv6 ones. c-ares
 `localhost` with ::1 as well as 127.0.0.1, and a backend listening on 127.0.0.1 only would
 refuse every other connection if both were used; a dual-stack name works on IPv4 alike.
 
-Until a name's first answer its pools connect to the name itself (the event loop's resolver);
-start-up waits for the first lookups, bounded by `START_TIMEOUT`, so that is only a fallback.
+Which servers: the system's (/etc/resolv.conf), or `upstream.dns_servers` (`host` or
+`host:port`) when set.
+
+Across a reload: a name the running snapshot already resolves is not looked up again by the new
+one before the swap (`resolve_all` hands it the known addresses); at the swap the new snapshot
+takes the running one's state of each such name (`adopt`) and refreshes from there. In a worker
+of a group nothing is looked up: its supervisor resolves for the group and sends the answers
+(`follow`).
+
+Until a name's first answer its backend connects to the name itself (the event loop's
+resolver); start-up waits for the first lookups, bounded by `START_TIMEOUT`, so that is only a
+fallback.
 """
 
 from __future__ import annotations
@@ -29,14 +39,12 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiodns
 import aiodns.error
-
-from mcp_proxy.upstream.pool import ConnectionPool
 
 log = logging.getLogger("mcp_proxy.dns")
 
@@ -143,8 +151,9 @@ def _jitter(delay: float, rng: random.Random) -> float:
 class AresResolver:
     """aiodns (c-ares) lookups; the channel is opened on the first lookup."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, servers: Sequence[str] = ()) -> None:
         self._loop = loop
+        self._servers = list(servers)  # empty: the system's
         self._resolver: aiodns.DNSResolver | None = None
 
     def __repr__(self) -> str:
@@ -152,7 +161,9 @@ class AresResolver:
 
     async def resolve(self, name: str) -> Answer:
         if self._resolver is None:
-            self._resolver = aiodns.DNSResolver(loop=self._loop, timeout=2.0, tries=2)
+            self._resolver = aiodns.DNSResolver(
+                self._servers or None, loop=self._loop, timeout=2.0, tries=2
+            )
         try:
             result: Any = await self._resolver.getaddrinfo(
                 name, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM
@@ -178,32 +189,40 @@ def _dns_error_text(exc: aiodns.error.DNSError) -> str:
     return str(args[1]) if len(args) > 1 else str(exc)
 
 
+OnAnswer = Callable[[str, tuple[str, ...]], None]
+
+
 class DnsRefresher:
-    """Resolves the host names of a set of connection pools and keeps their addresses fresh.
+    """Resolves a set of host names and keeps their addresses fresh; every answer goes to
+    `on_answer(name, addresses)`.
 
     `resolve_all()` once before serving, `start()` the refresh tasks, `stop()`/`close()`.
     """
 
     def __init__(
         self,
-        pools: Iterable[ConnectionPool],
+        names: Iterable[str],
         refresh: float,
+        on_answer: OnAnswer,
         *,
         loop: asyncio.AbstractEventLoop,
+        known: Mapping[str, tuple[str, ...]] | None = None,
+        servers: Sequence[str] = (),
         resolver: Resolver | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.pools: dict[str, list[ConnectionPool]] = {}
-        for pool in pools:
-            if not is_ip_literal(pool.host):
-                self.pools.setdefault(pool.host, []).append(pool)
-        # A pool carried over from the previous runtime already holds good addresses.
+        known = known or {}
+        self._known = set(known)  # the running snapshot resolves these: never looked up here
+        # A name a running snapshot already resolves starts from its good addresses.
         self.names = {
-            name: NameState(name, refresh, _known_addresses(pools[0]))
-            for name, pools in self.pools.items()
+            name: NameState(name, refresh, known.get(name, ()))
+            for name in sorted(names)
+            if not is_ip_literal(name)
         }
+        self._on_answer = on_answer
         self._resolver = resolver
+        self._servers = servers
         self._loop = loop
         self._rng = rng or random.Random()
         self._clock = clock
@@ -215,10 +234,13 @@ class DnsRefresher:
 
     async def resolve_all(self, timeout: float = START_TIMEOUT) -> None:
         """Look every name up once, in parallel; a name still unanswered after `timeout` keeps
-        what it had and is retried by its refresh task."""
-        if not self.names:
+        what it had and is retried by its refresh task. A known name (the running snapshot
+        resolves it) is not looked up: its backends here get its last good addresses."""
+        self.answer_known()
+        unknown = [name for name in self.names if name not in self._known]
+        if not unknown:
             return
-        lookups = [asyncio.ensure_future(self.lookup(name)) for name in self.names]
+        lookups = [asyncio.ensure_future(self.lookup(name)) for name in unknown]
         _, pending = await asyncio.wait(lookups, timeout=timeout)
         for task in pending:
             task.cancel()
@@ -226,6 +248,32 @@ class DnsRefresher:
         missing = [state.name for state in self.names.values() if not state.addresses]
         if missing:
             log.warning("no address yet for %s; connecting by name until DNS answers", missing)
+
+    def answer_known(self) -> None:
+        """The known names' backends here get the last good addresses (no lookup)."""
+        for name in self._known:
+            state = self.names.get(name)
+            if state is not None and state.addresses:
+                self._on_answer(name, state.addresses)
+
+    def adopt(self, previous: DnsRefresher) -> None:
+        """At a reload's swap: the names both snapshots have continue from the running one's
+        state (its last answer, when to look again, failures in a row)."""
+        for name, state in previous.names.items():
+            if name in self.names:
+                self.names[name] = state
+
+    def follow(self, addresses: Mapping[str, Sequence[str]]) -> None:
+        """A worker's names: the answers its supervisor got (an empty set changes nothing)."""
+        for name, given in addresses.items():
+            state = self.names.get(name)
+            if state is not None and given:
+                state.addresses = tuple(given)
+                self._on_answer(name, state.addresses)  # unchanged: a no-op there
+
+    def addresses(self) -> dict[str, list[str]]:
+        """Each answered name's last good addresses."""
+        return {name: list(s.addresses) for name, s in self.names.items() if s.addresses}
 
     def start(self) -> None:
         if not self._tasks:
@@ -243,7 +291,7 @@ class DnsRefresher:
             await self._resolver.close()
 
     async def lookup(self, name: str) -> None:
-        """One lookup of `name`; on success its pools get the new addresses."""
+        """One lookup of `name`; an answer goes to `on_answer`."""
         state = self.names[name]
         try:
             async with asyncio.timeout(LOOKUP_TIMEOUT):
@@ -256,25 +304,15 @@ class DnsRefresher:
             return
         if state.on_answer(answer, self._clock(), self._rng):
             log.info("%s resolves to %s", name, list(answer.addresses))
-        addresses = list(answer.addresses)
-        for pool in self.pools[name]:
-            if pool.addresses != addresses:
-                pool.addresses = addresses
+        self._on_answer(name, answer.addresses)
 
     async def _resolve(self, name: str) -> Answer:
         if self._resolver is None:
-            self._resolver = AresResolver(self._loop)
+            self._resolver = AresResolver(self._loop, self._servers)
         return await self._resolver.resolve(name)
 
     async def _refresh(self, name: str) -> None:
-        state = self.names[name]
         while True:
+            state = self.names[name]  # `adopt` may have replaced it
             await asyncio.sleep(max(0.0, state.next_at - self._clock()))
             await self.lookup(name)
-
-
-def _known_addresses(pool: ConnectionPool) -> tuple[str, ...]:
-    """The pool's addresses if a lookup already set them (not the name it starts with)."""
-    if pool.addresses == [pool.host]:
-        return ()
-    return tuple(pool.addresses)

@@ -35,7 +35,7 @@ from mcp_proxy.config.model import HealthConfig
 from mcp_proxy.errors import ProxyError
 from mcp_proxy.http1.upstream import ResponseHead, UpstreamConnection
 from mcp_proxy.upstream import healthlog
-from mcp_proxy.upstream.backend import Backend
+from mcp_proxy.upstream.backend import Backend, BackendKey
 from mcp_proxy.upstream.pool import ConnectionPool
 
 log = logging.getLogger("mcp_proxy.health")
@@ -47,10 +47,10 @@ class HealthChecker:
     def __init__(self, config: HealthConfig, rng: random.Random | None = None) -> None:
         self.config = config
         self.rng = rng or random.Random()
-        self.tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self.pools: dict[tuple[str, str], ConnectionPool] = {}
-        self.requests: dict[tuple[str, str], bytes] = {}
-        self.served_at_last_probe: dict[tuple[str, str], int] = {}
+        self.tasks: dict[BackendKey, asyncio.Task[None]] = {}
+        self.pools: dict[BackendKey, ConnectionPool] = {}
+        self.requests: dict[BackendKey, bytes] = {}
+        self.served_at_last_probe: dict[BackendKey, int] = {}
         self.probes = 0
         self.failures = 0
 
@@ -65,8 +65,8 @@ class HealthChecker:
             if backend.key not in self.tasks:
                 self.tasks[backend.key] = asyncio.create_task(self._loop(backend))
 
-    def forget(self, key: tuple[str, str]) -> None:
-        """Stop probing one backend (it was deregistered)."""
+    def forget(self, key: BackendKey) -> None:
+        """Stop probing one backend (deregistered, or its address left DNS)."""
         task = self.tasks.pop(key, None)
         if task is not None:
             task.cancel()
@@ -112,13 +112,13 @@ class HealthChecker:
             self.failures += 1
         if backend.record_probe(ok, now):
             reason = "" if isinstance(result, float) else result
-            healthlog.probe_flipped(backend.url, backend.pool, backend.health.healthy, reason)
+            healthlog.probe_flipped(backend.label, backend.pool, backend.health.healthy, reason)
         return ok
 
     async def _get(self, backend: Backend) -> float | str:
         """The probe's RTT in seconds if it passed, else why it failed (healthlog.py)."""
         pool = self._pool(backend)
-        pool.addresses = backend.connections.addresses  # DNS refresh replaces the data pool's
+        pool.addresses = backend.connections.addresses  # the address this backend stands for
         pool.use_tls(backend.connections.tls)  # the same TLS settings, also after a reload
         request = self.requests[backend.key]
         try:

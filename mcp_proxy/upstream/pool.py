@@ -46,7 +46,7 @@ class ConnectionPool:
         self.label = label
         self.host = host  # the name for TLS SNI and Host checks
         self.port = port
-        self.addresses: list[str] = [host]  # what we connect to; DNS refresh replaces it
+        self.addresses: list[str] = [host]  # what we connect to: the host, or its one address
         self._next_address = 0
         self.tls = tls  # None: plain TCP
         self.session: ssl.SSLSession | None = None  # made under self.tls, offered to the next

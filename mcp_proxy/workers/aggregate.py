@@ -87,14 +87,14 @@ def merge_backends(workers: list[dict[str, Any]], group: dict[str, Any]) -> dict
     """`/admin/backends` for the group: `group` is the supervisor's document (health from its
     probes, weights from its config); in-flight is summed over the workers, the RTT estimate
     averaged (with each worker's), and a backend is `ejected` if any worker ejected it."""
-    seen: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    seen: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for document in workers:
         for pool in document.get("pools", []):
             for backend in pool["backends"]:
-                seen.setdefault((pool["name"], backend["url"]), []).append(backend)
+                seen.setdefault(_key(pool["name"], backend), []).append(backend)
     for pool in group["pools"]:
         for backend in pool["backends"]:
-            views = seen.get((pool["name"], backend["url"]), [])
+            views = seen.get(_key(pool["name"], backend), [])
             if not views:
                 continue
             rtts = [view["rtt_ms"] for view in views]
@@ -103,3 +103,8 @@ def merge_backends(workers: list[dict[str, Any]], group: dict[str, Any]) -> dict
             backend["rtt_ms_by_worker"] = rtts
             backend["ejected"] = any(view["ejected"] for view in views)
     return group
+
+
+def _key(pool: str, backend: dict[str, Any]) -> tuple[str, str, str]:
+    """A backend's identity in a document: one address of a name has its own (members.py)."""
+    return (pool, backend["url"], backend.get("address", ""))

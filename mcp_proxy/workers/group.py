@@ -41,7 +41,14 @@ SOCKET_MODE_ENV = "MCP_PROXY_WORKER_SOCKET"  # reuseport (default) | shared: for
 
 
 def health_states(runtime: Runtime) -> list[list[Any]]:
-    return [[pool, url, b.health.healthy] for (pool, url), b in sorted(runtime.backends.items())]
+    """[[pool, url, address, healthy], ...]: what the probes here found, for the workers."""
+    return [[*key, b.health.healthy] for key, b in sorted(runtime.backends.items())]
+
+
+def group_view(runtime: Runtime) -> Message:
+    """What the workers take from the supervisor's runtime: the address sets it resolved
+    (before the states: they name the backends those sets make) and the probes' states."""
+    return {"names": runtime.dns.addresses(), "states": health_states(runtime)}
 
 
 class StartGate:
@@ -96,7 +103,7 @@ class GroupReloader(Reloader):
                 await ask_all(handles, {"op": "abort"}, COMMIT_TIMEOUT)
                 await runtime.close(keep=frozenset(current.backends))
                 raise Refused(problems)
-            commit = {"op": "commit", "trigger": trigger, "states": health_states(runtime)}
+            commit = {"op": "commit", "trigger": trigger, **group_view(runtime)}
             for handle, answer in await ask_all(handles, commit, COMMIT_TIMEOUT):
                 if answer is not None and answer.get("ok"):
                     handle.version = str(answer["version"])
@@ -147,7 +154,7 @@ class GroupServer(ProxyServer):
         self.reserved: socket.socket | None = None
         self._workers: Workers | None = None
         self.health_task: asyncio.Task[None] | None = None
-        self.sent_states: list[list[Any]] = []
+        self.sent: Message = {}  # the last group view sent to the workers
         self.restarts = Counter(
             "mcp_proxy_worker_restarts", "Workers that exited and were replaced.",
             registry=self.metrics.registry,
@@ -189,11 +196,11 @@ class GroupServer(ProxyServer):
             await self.gate.enter_start(handle.index)
             runtime = self.runtime
             return {"text": runtime.loaded.text, "source": runtime.source,
-                    "version": runtime.version, "states": health_states(runtime),
+                    "version": runtime.version, **group_view(runtime),
                     "listen": list(self.listen_address)}  # fmt: skip
         if op == "ready":
             handle.version = str(message["version"])
-            handle.channel.tell({"op": "health", "states": health_states(self.runtime)})
+            handle.channel.tell({"op": "health", **group_view(self.runtime)})
             handle.ready.set()
             await self.gate.leave_start(handle.index)
             log.info("worker %d (pid %d) ready", handle.index, handle.pid)
@@ -207,11 +214,11 @@ class GroupServer(ProxyServer):
     async def _push_health(self) -> None:
         while True:
             await asyncio.sleep(HEALTH_PUSH)  # sleep-ok: the cadence of a comparison
-            states = health_states(self.runtime)
-            if states != self.sent_states:
-                self.sent_states = states
+            view = group_view(self.runtime)
+            if view != self.sent:
+                self.sent = view
                 for handle in self.workers.ready():
-                    handle.channel.tell({"op": "health", "states": states})
+                    handle.channel.tell({"op": "health", **view})
 
     def install_signal_handlers(self) -> None:
         super().install_signal_handlers()

@@ -6,7 +6,8 @@ same by hand). It asks the supervisor for the group's
 config (the text, not the file: the file may have changed since the group's version was
 chosen), serves on the public port without an admin listener and without probing, and answers
 the supervisor: its status, its metrics exposition, its backends document, the two phases of a
-reload, and health states to adopt. It stops (draining, as one process does) on SIGTERM or
+reload, and the group's view to adopt: the address sets the supervisor resolved (a worker does
+no DNS) and the health its probes found. It stops (draining, as one process does) on SIGTERM or
 when its supervisor is gone.
 """
 
@@ -122,7 +123,7 @@ class WorkerServer(ProxyServer):
         if op == "backends":
             return backends_document(self)
         if op == "health":
-            self.adopt(message["states"])
+            self.adopt(message)
             return None
         return await self._reload_phase(op, message)
 
@@ -135,7 +136,7 @@ class WorkerServer(ProxyServer):
                 problems = error.problems
             return {"ok": not problems, "problems": problems}
         if op == "commit":
-            self.adopt(message.get("states", []))
+            self.adopt(message)
             ok = reloader.commit(str(message["trigger"]), time.monotonic())
             return {"ok": ok, "version": self.runtime.version}
         if op == "abort":
@@ -155,16 +156,19 @@ class WorkerServer(ProxyServer):
             "connections": len(self.connections),
         }
 
-    def adopt(self, states: list[list[Any]]) -> None:
-        """Health states from the supervisor: [[pool, url, healthy], ...]."""
+    def adopt(self, view: Message) -> None:
+        """The group's view from the supervisor: `names` {name: [address, ...]} first (they
+        make the backends), then `states` [[pool, url, address, healthy], ...]."""
         now = time.monotonic()
         runtimes = [self.runtime]
         pending = self.group_reloader.pending
         if pending is not None:
             runtimes.append(pending)
-        for pool, url, healthy in states:
+        for runtime in runtimes:
+            runtime.follow(view.get("names", {}))
+        for pool, url, address, healthy in view.get("states", []):
             for runtime in runtimes:
-                backend = runtime.backends.get((pool, url))
+                backend = runtime.backends.get((pool, url, address))
                 if backend is not None:
                     adopt_health(backend, bool(healthy), now)
 
@@ -189,7 +193,7 @@ async def serve(index: int, ipc_fd: int, listen_fd: int) -> int:
         print(f"mcp-proxy worker {index}: cannot start: {exc}", file=sys.stderr)
         await server.stop()
         return 2
-    server.adopt(hello.get("states", []))
+    server.adopt(hello)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, server.stopping.set)
     loop.add_signal_handler(signal.SIGINT, server.stopping.set)

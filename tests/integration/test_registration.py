@@ -207,7 +207,7 @@ async def test_register_takes_traffic_renew_delete(proxy: Proxy, joiner: Backend
     live = runtime.registered["cloud"][joiner.url]
     route = runtime.routes[0]  # outlier ejection caps by the route's candidates: it is in them
     assert live in route.candidates and live.groups == [route.candidates]
-    assert runtime.backends[("cloud", joiner.url)] is live
+    assert runtime.backends[("cloud", joiner.url, "")] is live
     _, backends, _ = await admin(proxy, "GET", "/admin/backends")
     entry = listed(backends, "cloud")[0]
     assert entry["registered"] is True and 9 < entry["expires_in_s"] <= 10

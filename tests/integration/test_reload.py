@@ -394,7 +394,7 @@ async def test_a_removed_backend_gets_no_new_requests_and_its_in_flight_one_fini
 ) -> None:
     proxy = await start_proxy(moving_config([a, b], "b"))
     old_runtime = proxy.server.runtime
-    removed = old_runtime.backends[("b", b.url)]
+    removed = old_runtime.backends[("b", b.url, "")]
     b.release = asyncio.Event()
     async with proxy.client() as http, proxy.client() as other:
         in_flight = asyncio.create_task(get_backend(other, "/m/slow"))
@@ -415,7 +415,7 @@ async def test_a_removed_backend_gets_no_new_requests_and_its_in_flight_one_fini
     await eventually(lambda: not reloader(proxy).retiring)  # the old snapshot is closed
     assert old_runtime.closed and removed.connections.closing
     await eventually(lambda: removed.connections.open == 0)
-    assert not proxy.server.runtime.backends[("a", a.url)].connections.closing
+    assert not proxy.server.runtime.backends[("a", a.url, "")].connections.closing
 
 
 @pytest.mark.parametrize("admission_changes", [False, True], ids=["same-gate", "new-gate"])

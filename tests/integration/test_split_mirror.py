@@ -64,7 +64,7 @@ async def test_a_side_with_nothing_available_gives_its_share_away(
     proxy = await Proxy.start(tmp_path, config(backends, to=SPLIT))
     try:
         backends["canary"].health_status = 503
-        canary = proxy.server.runtime.backends[("canary", backends["canary"].url)]
+        canary = proxy.server.runtime.backends[("canary", backends["canary"].url, "")]
         await eventually(lambda: not canary.health.healthy, timeout=5)
         async with proxy.client() as http:
             for _ in range(50):

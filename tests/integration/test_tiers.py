@@ -271,13 +271,13 @@ async def test_explain_gives_each_reason(tmp_path: Path) -> None:
     try:
         sick.health_status = 503
         cold.health_status = 503
-        await eventually(lambda: not runtime_backends[("t0", sick.url)].health.healthy)
-        await eventually(lambda: not runtime_backends[("t0", cold.url)].health.healthy)
+        await eventually(lambda: not runtime_backends[("t0", sick.url, "")].health.healthy)
+        await eventually(lambda: not runtime_backends[("t0", cold.url, "")].health.healthy)
         cold.health_status = 200  # back: slow start begins
-        await eventually(lambda: runtime_backends[("t0", cold.url)].health.healthy)
+        await eventually(lambda: runtime_backends[("t0", cold.url, "")].health.healthy)
         flaky.status = 500
         async with proxy.client() as http:
-            while not runtime_backends[("t0", flaky.url)].outlier.is_ejected(time.monotonic()):
+            while not runtime_backends[("t0", flaky.url, "")].outlier.is_ejected(time.monotonic()):
                 await get(http)  # round robin reaches flaky within a few requests
             held_request = asyncio.ensure_future(get(http))
             await eventually(lambda: busy.inflight == 1)

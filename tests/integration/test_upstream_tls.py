@@ -78,7 +78,7 @@ async def test_a_backend_verified_against_the_pool_ca_serves_on_keep_alive(
         status, body = await get(proxy)
         assert status == 200
         assert body["tls"] in ("TLSv1.2", "TLSv1.3")
-    pool = proxy.server.runtime.backends[("secure", backend.url)].connections
+    pool = proxy.server.runtime.backends[("secure", backend.url, "")].connections
     assert pool.connects == 1  # the pooled connection carried all three
 
 
@@ -97,7 +97,7 @@ async def test_a_certificate_from_another_ca_is_a_502_a_passive_failure_and_a_lo
         status, _ = await get(proxy)
         assert status == 200
     assert bad.requests == []
-    backend = proxy.server.runtime.backends[("secure", bad.url)]
+    backend = proxy.server.runtime.backends[("secure", bad.url, "")]
     assert backend.outlier.is_ejected(time.monotonic())  # counted as passive failures
     lines = tls_failures(caplog)
     assert lines == [  # said once (a repeat within 10 s is not logged again)
@@ -220,7 +220,7 @@ async def test_a_new_connection_resumes_the_pools_last_session(
     for _ in range(3):
         assert (await get(proxy))[0] == 200
     assert backend.resumed == [False, True, True]
-    assert proxy.server.runtime.backends[("secure", backend.url)].connections.connects == 3
+    assert proxy.server.runtime.backends[("secure", backend.url, "")].connections.connects == 3
 
 
 async def test_sessions_are_resumed_under_mcp_proxy_run_on_uvloop(
@@ -270,7 +270,7 @@ async def test_health_probes_use_the_pools_tls_settings(
     health = {"interval": "50ms", "timeout": "1s", "unhealthy_threshold": 2}
     proxy = await start(tmp_path, cleanup, tls_config(backend.url, tls={"ca": "ca.pem"},
                                                       health=health))  # fmt: skip
-    state = proxy.server.runtime.backends[("secure", backend.url)]
+    state = proxy.server.runtime.backends[("secure", backend.url, "")]
     checker = proxy.server.runtime.health
     if trusted:
         await eventually(lambda: backend.probes >= 3)
@@ -333,7 +333,7 @@ async def test_a_reload_with_unchanged_tls_files_keeps_the_pooled_connections(
     proxy.write_config(config)
     assert (await proxy.admin("/admin/reload", method="POST"))[1]["result"] == "ok"
     assert (await get(proxy))[0] == 200
-    assert proxy.server.runtime.backends[("secure", backend.url)].connections.connects == 1
+    assert proxy.server.runtime.backends[("secure", backend.url, "")].connections.connects == 1
 
 
 async def test_a_reload_with_a_key_that_does_not_match_is_refused(

@@ -22,7 +22,6 @@ from mcp_proxy.upstream.dns import (
     is_ip_literal,
     refresh_after,
 )
-from mcp_proxy.upstream.pool import ConnectionPool
 from tests.integration.harness import eventually
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
@@ -50,17 +49,25 @@ class FakeResolver:
         self.closed = True
 
 
-def pool(url_host: str, port: int = 80) -> ConnectionPool:
-    return ConnectionPool(
-        f"http://{url_host}:{port}",
-        url_host,
-        port,
-        tls=None,
-        connect_timeout=1.0,
-        idle_timeout=60.0,
-        max_idle=4,
-        loop=asyncio.get_running_loop(),
-    )
+class Sink:
+    """What the runtime's `readdress` would get: every answer handed on, in order."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[str, tuple[str, ...]]] = []
+
+    def __call__(self, name: str, addresses: tuple[str, ...]) -> None:
+        self.answers.append((name, addresses))
+
+    def last(self, name: str) -> tuple[str, ...] | None:
+        given = [addresses for answered, addresses in self.answers if answered == name]
+        return given[-1] if given else None
+
+
+def refresher(
+    names: list[str], sink: Sink, resolver: FakeResolver | None, refresh: float = 30.0, **kw: object
+) -> DnsRefresher:
+    return DnsRefresher(names, refresh, sink, loop=asyncio.get_running_loop(),
+                        resolver=resolver, **kw)  # type: ignore[arg-type]  # fmt: skip
 
 
 # --- which addresses ------------------------------------------------------------------------
@@ -143,95 +150,110 @@ def test_a_failure_keeps_the_addresses_and_backs_off_up_to_the_refresh() -> None
 
 
 async def test_names_are_resolved_and_ip_literals_are_left_alone() -> None:
-    by_name, literal, v6_literal = pool("api.internal"), pool("127.0.0.1"), pool("::1")
     resolver = FakeResolver({"api.internal": Answer(("10.1.1.1", "10.1.1.2"), 60.0)})
-    dns = DnsRefresher([by_name, literal, v6_literal], 30.0, loop=asyncio.get_running_loop(),
-                       resolver=resolver)  # fmt: skip
+    sink = Sink()
+    dns = refresher(["api.internal", "127.0.0.1", "::1"], sink, resolver)
     await dns.resolve_all()
-    assert by_name.addresses == ["10.1.1.1", "10.1.1.2"]
-    assert by_name.host == "api.internal"  # still the name, for TLS SNI
-    assert literal.addresses == ["127.0.0.1"]
-    assert v6_literal.addresses == ["::1"]
+    assert sink.answers == [("api.internal", ("10.1.1.1", "10.1.1.2"))]
     assert resolver.calls == {"api.internal": 1}
+    assert dns.addresses() == {"api.internal": ["10.1.1.1", "10.1.1.2"]}
     await dns.close()
     assert resolver.closed
 
 
-async def test_pools_that_share_a_name_are_resolved_once_and_updated_together() -> None:
-    first, second = pool("api.internal", 8080), pool("api.internal", 8081)
+async def test_a_failed_lookup_hands_on_nothing_and_keeps_the_last_good_addresses() -> None:
     resolver = FakeResolver({"api.internal": Answer(("10.1.1.1",), None)})
-    dns = DnsRefresher([first, second], 30.0, loop=asyncio.get_running_loop(), resolver=resolver)
-    await dns.resolve_all()
-    assert first.addresses == second.addresses == ["10.1.1.1"]
-    assert resolver.calls == {"api.internal": 1}
-    await dns.close()
-
-
-async def test_a_failed_lookup_keeps_the_last_good_addresses() -> None:
-    target = pool("api.internal")
-    resolver = FakeResolver({"api.internal": Answer(("10.1.1.1",), None)})
-    dns = DnsRefresher([target], 30.0, loop=asyncio.get_running_loop(), resolver=resolver)
+    sink = Sink()
+    dns = refresher(["api.internal"], sink, resolver)
     await dns.resolve_all()
     resolver.answers["api.internal"] = DnsFailure("SERVFAIL")
     await dns.lookup("api.internal")
-    assert target.addresses == ["10.1.1.1"]
     resolver.answers["api.internal"] = OSError("network unreachable")
     await dns.lookup("api.internal")
-    assert target.addresses == ["10.1.1.1"]
+    assert sink.answers == [("api.internal", ("10.1.1.1",))]
+    assert dns.addresses() == {"api.internal": ["10.1.1.1"]}
     assert dns.names["api.internal"].failures == 2
     await dns.close()
 
 
-async def test_a_name_that_never_resolved_keeps_connecting_by_name() -> None:
-    target = pool("nowhere.internal")
-    dns = DnsRefresher([target], 30.0, loop=asyncio.get_running_loop(), resolver=FakeResolver())
+async def test_a_name_that_never_resolved_hands_on_nothing() -> None:
+    sink = Sink()
+    dns = refresher(["nowhere.internal"], sink, FakeResolver())
     await dns.resolve_all()
-    assert target.addresses == ["nowhere.internal"]
+    assert sink.answers == [] and dns.addresses() == {}
     await dns.close()
 
 
 async def test_start_up_waits_for_dns_only_so_long() -> None:
-    target = pool("slow.internal")
     resolver = FakeResolver()
     resolver.hang = True
-    dns = DnsRefresher([target], 30.0, loop=asyncio.get_running_loop(), resolver=resolver)
+    sink = Sink()
+    dns = refresher(["slow.internal"], sink, resolver)
     loop = asyncio.get_running_loop()
     started = loop.time()
     await dns.resolve_all(timeout=0.1)
     assert loop.time() - started < 2.0
-    assert target.addresses == ["slow.internal"]
+    assert sink.answers == []
     await dns.close()
 
 
 async def test_the_refresh_task_picks_up_a_changed_record() -> None:
-    target = pool("api.internal")
     resolver = FakeResolver({"api.internal": Answer(("10.1.1.1",), None)})
+    sink = Sink()
     # dns_refresh of 50 ms: the record is looked up again every 45-50 ms.
-    dns = DnsRefresher([target], 0.05, loop=asyncio.get_running_loop(), resolver=resolver)
+    dns = refresher(["api.internal"], sink, resolver, refresh=0.05)
     await dns.resolve_all()
     dns.start()
     resolver.answers["api.internal"] = Answer(("10.2.2.2", "10.2.2.3"), None)
-    await eventually(lambda: target.addresses == ["10.2.2.2", "10.2.2.3"], timeout=5.0)
+    await eventually(lambda: sink.last("api.internal") == ("10.2.2.2", "10.2.2.3"), timeout=5.0)
     resolver.answers["api.internal"] = DnsFailure("SERVFAIL")
-    calls = resolver.calls["api.internal"]
+    calls, answered = resolver.calls["api.internal"], len(sink.answers)
     await eventually(lambda: resolver.calls["api.internal"] >= calls + 2, timeout=5.0)
-    assert target.addresses == ["10.2.2.2", "10.2.2.3"]
+    assert len(sink.answers) == answered  # failures hand on nothing
+    assert dns.addresses() == {"api.internal": ["10.2.2.2", "10.2.2.3"]}
     await dns.close()
 
 
-async def test_a_pool_carried_over_by_a_reload_starts_from_its_known_addresses() -> None:
-    target = pool("api.internal")
-    target.addresses = ["10.1.1.1"]  # set by the previous runtime's refresher
-    resolver = FakeResolver({"api.internal": DnsFailure("SERVFAIL")})
-    dns = DnsRefresher([target], 30.0, loop=asyncio.get_running_loop(), resolver=resolver)
-    assert dns.names["api.internal"].addresses == ("10.1.1.1",)
+async def test_a_known_name_is_not_looked_up_but_handed_its_addresses() -> None:
+    """A reload's snapshot: the running one resolves the names it carries over."""
+    resolver = FakeResolver({"new.internal": Answer(("10.9.9.9",), None)})
+    sink = Sink()
+    dns = refresher(["api.internal", "new.internal", "pending.internal"], sink, resolver,
+                    known={"api.internal": ("10.1.1.1",), "pending.internal": ()})  # fmt: skip
     await dns.resolve_all()
-    assert target.addresses == ["10.1.1.1"]
+    assert resolver.calls == {"new.internal": 1}
+    assert sorted(sink.answers) == [
+        ("api.internal", ("10.1.1.1",)),
+        ("new.internal", ("10.9.9.9",)),
+    ]
+    await dns.close()
+
+
+async def test_adopt_continues_from_the_running_snapshots_state() -> None:
+    resolver = FakeResolver({"api.internal": Answer(("10.1.1.1",), None)})
+    running = refresher(["api.internal", "old.internal"], Sink(), resolver)
+    await running.resolve_all()
+    fresh = refresher(["api.internal", "new.internal"], Sink(), resolver,
+                      known={"api.internal": ()})  # fmt: skip
+    fresh.adopt(running)
+    assert fresh.names["api.internal"] is running.names["api.internal"]
+    assert "old.internal" not in fresh.names and fresh.names["new.internal"].addresses == ()
+    await running.close()
+    await fresh.close()
+
+
+async def test_a_worker_follows_its_supervisors_answers() -> None:
+    sink = Sink()
+    dns = refresher(["api.internal"], sink, resolver=None)
+    dns.follow({"api.internal": ["10.1.1.1", "10.1.1.2"], "other.internal": ["10.3.3.3"]})
+    dns.follow({"api.internal": []})  # nothing known there yet: changes nothing
+    assert sink.answers == [("api.internal", ("10.1.1.1", "10.1.1.2"))]
+    assert dns.addresses() == {"api.internal": ["10.1.1.1", "10.1.1.2"]}
     await dns.close()
 
 
 async def test_no_resolver_is_opened_when_every_backend_is_an_ip_literal() -> None:
-    dns = DnsRefresher([pool("127.0.0.1")], 30.0, loop=asyncio.get_running_loop())
+    dns = refresher(["127.0.0.1"], Sink(), resolver=None)
     await dns.resolve_all()
     dns.start()
     assert dns.names == {}

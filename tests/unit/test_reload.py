@@ -185,7 +185,7 @@ def _weighted(weight: int, admission: dict[str, Any] | None = None) -> Config:
 async def test_kept_backends_are_the_same_objects_and_change_only_at_the_swap() -> None:
     loop, metrics = asyncio.get_running_loop(), Metrics()
     running = Runtime(_loaded(_config(), "v1"), loop, metrics)
-    a = running.backends[("a", "http://127.0.0.1:9001")]
+    a = running.backends[("a", "http://127.0.0.1:9001", "")]
     groups_before = list(a.groups)
     assert len(groups_before) == 2  # routes `moving` and `all`
 
@@ -208,7 +208,7 @@ async def test_a_refused_snapshot_leaves_the_shared_gate_and_backends_alone() ->
     await refused.close(keep=frozenset(running.backends))  # what a refused reload does
     assert running.gate.try_acquire()  # the running gate is not closed
     running.gate.release()
-    a = running.backends[("a", "http://127.0.0.1:9001")]
+    a = running.backends[("a", "http://127.0.0.1:9001", "")]
     assert a.weight == 1 and not a.connections.closing
     assert running.owns_gate
     await running.close()
@@ -241,7 +241,7 @@ async def test_a_kept_backend_takes_new_health_and_upstream_settings() -> None:
     changed = _config(health={"unhealthy_threshold": 1}, upstream={"connect_timeout": "250ms"})
     new = Runtime(_loaded(changed, "v2"), loop, metrics, previous=running)
     new.take_over(running)
-    a = new.backends[("a", "http://127.0.0.1:9001")]
+    a = new.backends[("a", "http://127.0.0.1:9001", "")]
     try:
         assert a.connections.connect_timeout == 0.25
         a.health.record(False)
