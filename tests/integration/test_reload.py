@@ -366,7 +366,7 @@ async def test_kept_backends_keep_health_rtt_and_pooled_connections(
     fast_health = {"interval": "50ms", "timeout": "1s", "unhealthy_threshold": 2}
     proxy = await start_proxy(moving_config([a, b, c], "a", health=fast_health))
     old = dict(proxy.server.runtime.backends)
-    backend_a, backend_c = old[("a", a.url)], old[("c", c.url)]
+    backend_a, backend_c = old[("a", a.url, "")], old[("c", c.url, "")]
     async with proxy.client() as http:
         for _ in range(5):
             assert await get_backend(http, "/m/x") == "a"
@@ -379,7 +379,7 @@ async def test_kept_backends_keep_health_rtt_and_pooled_connections(
         assert (await proxy.admin("/admin/reload", "POST"))[0] == 200
 
         new = proxy.server.runtime.backends
-        assert new[("a", a.url)] is backend_a and new[("c", c.url)] is backend_c
+        assert new[("a", a.url, "")] is backend_a and new[("c", c.url, "")] is backend_c
         assert not backend_c.health.healthy  # no new backend "healthy until proven not"
         assert backend_a.rtt is rtt and rtt.has_sample  # measured, not back to the default
         proxy.write_config(moving_config([a, b, c], "a", health=fast_health))
