@@ -225,8 +225,8 @@ async def test_fifty_reloads_under_load_fail_no_request(
             f"failures={len(load.failures)} reloads=50 ok + 1 refused, responses checked "
             f"against their pool={checked}; reload trigger->swap ms: "
             f"median={statistics.median(ms):.1f} p95={ms[int(len(ms) * 0.95) - 1]:.1f} "
-            f"max={ms[-1]:.1f}; upstream connects a={kept[('a', a.url)].connections.connects} "
-            f"b={kept[('b', b.url)].connections.connects}"
+            f"max={ms[-1]:.1f}; upstream connects a={kept[('a', a.url, '')].connections.connects} "
+            f"b={kept[('b', b.url, '')].connections.connects}"
         )
 
 
