@@ -30,9 +30,10 @@ from mcp_proxy.server import ProxyServer
 class Backend:
     """An aiohttp server that echoes what it received and can be slowed, failed, stopped."""
 
-    def __init__(self, name: str, delay: float = 0.0) -> None:
+    def __init__(self, name: str, delay: float = 0.0, host: str = "127.0.0.1") -> None:
         self.name = name
         self.delay = delay
+        self.host = host  # any 127.x.y.z works on Linux: the DNS tests give each its own
         self.status = 200
         self.health_status = 200
         self.requests: list[dict[str, Any]] = []
@@ -44,11 +45,13 @@ class Backend:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @classmethod
-    async def start(cls, name: str = "backend", delay: float = 0.0, port: int = 0) -> Backend:
-        backend = cls(name, delay)
+    async def start(
+        cls, name: str = "backend", delay: float = 0.0, port: int = 0, host: str = "127.0.0.1"
+    ) -> Backend:
+        backend = cls(name, delay, host)
         await backend._listen(port)
         return backend
 
@@ -58,7 +61,7 @@ class Backend:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", port, reuse_address=True)
+        site = web.TCPSite(self.runner, self.host, port, reuse_address=True)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
