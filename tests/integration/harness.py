@@ -30,10 +30,10 @@ from mcp_proxy.server import ProxyServer
 class Backend:
     """An aiohttp server that echoes what it received and can be slowed, failed, stopped."""
 
-    def __init__(self, name: str, delay: float = 0.0, host: str = "127.0.0.1") -> None:
+    def __init__(self, name: str, delay: float = 0.0) -> None:
         self.name = name
         self.delay = delay
-        self.host = host  # any 127.x.y.z works on Linux: the DNS tests give each its own
+        self.host = "127.0.0.1"  # any 127.x.y.z works on Linux: the DNS tests give each its own
         self.status = 200
         self.health_status = 200
         self.requests: list[dict[str, Any]] = []
@@ -51,7 +51,8 @@ class Backend:
     async def start(
         cls, name: str = "backend", delay: float = 0.0, port: int = 0, host: str = "127.0.0.1"
     ) -> Backend:
-        backend = cls(name, delay, host)
+        backend = cls(name, delay)
+        backend.host = host
         await backend._listen(port)
         return backend
 
