@@ -16,7 +16,8 @@ shared socket). Each worker talks to the supervisor over a socketpair (ipc.py).
 - One view: the admin listener is the supervisor's. /metrics merges the workers' expositions
   (aggregate.py: counters and histograms summed), /admin/backends sums in-flight and averages
   RTT, /admin/config names the group's version and any worker that lags, /admin/workers lists
-  the workers. Probe results reach the workers as health states (a worker never probes).
+  the workers. Probe results reach the workers as health states, and the address sets of backend
+  host names as the supervisor resolved them (a worker never probes, never resolves).
 - Workers that die are restarted at once, then with a growing delay while they keep dying
   (`RestartBackoff`); `mcp_proxy_worker_restarts_total` counts them.
 - SIGTERM: the supervisor passes it to every worker, each drains as a single process does, and
