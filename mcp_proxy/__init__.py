@@ -23,8 +23,9 @@ How this works (one request):
     admission/    priority queue (pure) and its asyncio gate
     upstream/     rtt (peak-EWMA), balancer (lowest_rtt, round_robin, least_request), health
                   (hysteresis, outlier ejection), health_check (probe loops), dns (aiodns
-                  refresh), members (a name's addresses -> one backend each), pool (idle keep-alive connections per backend), backend (one
-                  backend's live state), retry (budget, and when a retry is allowed), tls
+                  refresh), members (a host name's addresses -> one backend each), pool
+                  (idle keep-alive connections per backend), backend (one backend's live
+                  state), retry (budget, and when a retry is allowed), tls
                   (one verifying client context per pool, its files, session resumption), tiers
                   (failover tiers: Envoy's priority load, spill when full, slow start, panic;
                   `choose` is the PICK phase's one decision)
