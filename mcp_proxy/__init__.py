@@ -9,6 +9,7 @@ How this works (one request):
                   upstream.py UpstreamConnection (IDLE/SENT/BODY/DONE/CLOSED; a response ends
                   exactly where its framing says), head.py head checks, path.py the path
                   normaliser, request.py, body.py, deadline.py, wire.py, settings.py,
+                  callbacks.py (a bug raised in a parser callback: logged, a 500),
                   tunnel.py the byte pump of an upgraded connection (back-pressure, half-close)
     pipeline.py   the phases of one request, run by one driver: ROUTE -> AUTH -> BUFFER ->
                   ADMIT -> PICK -> CONNECT -> SEND -> RELAY -> DONE; every failure through
