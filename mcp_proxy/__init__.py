@@ -39,8 +39,11 @@ How this works (one request):
     explain.py    /admin/explain: the request path's own decisions, run dry
     metrics.py    every Prometheus collector; tally.py  per-request counts read at scrape time
     build.py      which modules run compiled (setup.py: MCP_PROXY_COMPILE=1 compiles the
-                  request path with mypyc);  demo.py  `mcp-proxy demo` (demo_stream.py its SSE
-                  route);  cli.py  commands
+                  request path with mypyc);  cli.py  commands
+    demo*.py      `mcp-proxy demo`: demo.py the tour's sections (Demo), demo_world.py its pools,
+                  backends, key and config, demo_traffic.py requests driven and the tables read
+                  from them, demo_tiers.py section 5, demo_stream.py its SSE route, demo_cli.py
+                  the command (arguments, uvloop, Ctrl-C, exit code)
     config/       model (frozen, typed), load (YAML with line numbers), check (cross-references),
                   keyfiles/tlsfiles (the files a config names: JWKS, pool TLS certificates)
     workers/      `workers: N | auto`: supervisor, zygote-forked workers on one SO_REUSEPORT
