@@ -20,7 +20,8 @@ How this works (one request):
     runtime.py    Runtime: everything computed once from one config; RuntimeRef.current
     route.py      Route: a route's candidates, tiers or split, mirror; pick() is the one choice
     routing.py    Router: first match wins (path prefix, methods, host, headers)
-    auth/         JWT verification (pyjwt) with a verified-token cache; key sets (file/URL/env)
+    auth/         JWT verification (pyjwt) with a verified-token cache; key sets: keys (file,
+                  env; what a set may hold), jwks_url (fetched), sources (which one a config names)
     admission/    priority queue (pure) and its asyncio gate
     upstream/     rtt (peak-EWMA), balancer (lowest_rtt, round_robin, least_request), health
                   (hysteresis, outlier ejection), health_check (probe loops), dns (aiodns
