@@ -45,7 +45,8 @@ How this works (one request):
                   backends, key and config, demo_traffic.py requests driven and the tables read
                   from them, demo_tiers.py section 5, demo_stream.py its SSE route, demo_cli.py
                   the command (arguments, uvloop, Ctrl-C, exit code)
-    config/       model (frozen, typed), load (YAML with line numbers), check (cross-references),
+    config/       model (frozen, typed), load (YAML with line numbers), problems (pydantic's
+                  errors as one line per key path), check (cross-references),
                   keyfiles/tlsfiles (the files a config names: JWKS, pool TLS certificates)
     workers/      `workers: N | auto`: supervisor, zygote-forked workers on one SO_REUSEPORT
                   port, IPC, two-phase group reload, merged admin view (its __init__ says how)
