@@ -40,6 +40,7 @@ REQUEST_PATH = [
     "mcp_proxy/http1/wire.py",
     "mcp_proxy/http1/body.py",
     "mcp_proxy/http1/deadline.py",
+    "mcp_proxy/http1/callbacks.py",
     "mcp_proxy/pipeline.py",
     "mcp_proxy/flight.py",
     "mcp_proxy/headers.py",

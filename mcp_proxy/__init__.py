@@ -9,6 +9,7 @@ How this works (one request):
                   upstream.py UpstreamConnection (IDLE/SENT/BODY/DONE/CLOSED; a response ends
                   exactly where its framing says), head.py head checks, path.py the path
                   normaliser, request.py, body.py, deadline.py, wire.py, settings.py,
+                  callbacks.py (a bug raised in a parser callback: logged, a 500),
                   tunnel.py the byte pump of an upgraded connection (back-pressure, half-close)
     pipeline.py   the phases of one request, run by one driver: ROUTE -> AUTH -> BUFFER ->
                   ADMIT -> PICK -> CONNECT -> SEND -> RELAY -> DONE; every failure through
@@ -19,7 +20,8 @@ How this works (one request):
     runtime.py    Runtime: everything computed once from one config; RuntimeRef.current
     route.py      Route: a route's candidates, tiers or split, mirror; pick() is the one choice
     routing.py    Router: first match wins (path prefix, methods, host, headers)
-    auth/         JWT verification (pyjwt) with a verified-token cache; key sets (file/URL/env)
+    auth/         JWT verification (pyjwt) with a verified-token cache; key sets: keys (file,
+                  env; what a set may hold), jwks_url (fetched), sources (which one a config names)
     admission/    priority queue (pure) and its asyncio gate
     upstream/     rtt (peak-EWMA), balancer (lowest_rtt, round_robin, least_request), health
                   (hysteresis, outlier ejection), health_check (probe loops), dns (aiodns
@@ -39,9 +41,13 @@ How this works (one request):
     explain.py    /admin/explain: the request path's own decisions, run dry
     metrics.py    every Prometheus collector; tally.py  per-request counts read at scrape time
     build.py      which modules run compiled (setup.py: MCP_PROXY_COMPILE=1 compiles the
-                  request path with mypyc);  demo.py  `mcp-proxy demo` (demo_stream.py its SSE
-                  route);  cli.py  commands
-    config/       model (frozen, typed), load (YAML with line numbers), check (cross-references),
+                  request path with mypyc);  cli.py  commands
+    demo*.py      `mcp-proxy demo`: demo.py the tour's sections (Demo), demo_world.py its pools,
+                  backends, key and config, demo_traffic.py requests driven and the tables read
+                  from them, demo_tiers.py section 5, demo_stream.py its SSE route, demo_cli.py
+                  the command (arguments, uvloop, Ctrl-C, exit code)
+    config/       model (frozen, typed), load (YAML with line numbers), problems (pydantic's
+                  errors as one line per key path), check (cross-references),
                   keyfiles/tlsfiles (the files a config names: JWKS, pool TLS certificates)
     workers/      `workers: N | auto`: supervisor, zygote-forked workers on one SO_REUSEPORT
                   port, IPC, two-phase group reload, merged admin view (its __init__ says how)

@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "run":
         return run(args.config, args.log_level)
     if command == "demo":
-        from mcp_proxy.demo import run_demo
+        from mcp_proxy.demo_cli import run_demo
 
         return run_demo(args)
     if command == "register":

@@ -21,7 +21,7 @@ import yaml
 from aiohttp import web
 
 from mcp_proxy.config import load
-from mcp_proxy.demo import DemoBackend, PoolPlan
+from mcp_proxy.demo_world import DemoBackend, PoolPlan
 from mcp_proxy.server import ProxyServer
 
 TIERS = (("onprem", "on-prem", 4), ("private", "private", 4), ("public", "public", 0))

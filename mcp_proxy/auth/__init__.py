@@ -9,8 +9,11 @@ How this works, per request (pipeline.py calls these in order):
     authorize(identity, route_scopes)              # Forbidden -> 403
 
 - `verify.py`: `Verifier` (one per config snapshot), `Identity`, `authorize`, `bearer_token`.
-- `keys.py`: where keys come from (`jwks_file`, `secret_env`, `jwks_url`), each behind
-  `await key_for(kid, alg)`; the URL source's fetch timing is decided by `RefetchPolicy`.
+- `keys.py`: what a key set may hold and which key fits which algorithm; the `jwks_file` and
+  `secret_env` sources, each behind `await key_for(kid, alg)`.
+- `jwks_url.py`: the `jwks_url` source (single-flight refetch, cooldown, last good set kept);
+  its fetch timing is decided by `RefetchPolicy`.
+- `sources.py`: `make_source`, the one source an issuer's config names.
 - `mint.py`: `mint_token` and the `mcp-proxy token` command, for trying a config out.
 """
 

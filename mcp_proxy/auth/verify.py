@@ -34,14 +34,9 @@ import aiohttp
 import jwt
 from jwt.utils import base64url_decode
 
-from mcp_proxy.auth.keys import (
-    FETCH_TIMEOUT,
-    JwksUrlSource,
-    KeySource,
-    KeySourceError,
-    OnFetch,
-    make_source,
-)
+from mcp_proxy.auth.jwks_url import JwksUrlSource
+from mcp_proxy.auth.keys import FETCH_TIMEOUT, KeySource, KeySourceError, OnFetch
+from mcp_proxy.auth.sources import make_source
 from mcp_proxy.config.model import AuthConfig, IssuerConfig
 from mcp_proxy.errors import AuthError, Forbidden
 

@@ -3,29 +3,28 @@
 How: PyYAML composes the node tree once; a walk over it records the line of every key path
 and finds duplicate keys (PyYAML would silently keep the last). The same nodes are then
 constructed into plain data, which pydantic validates (`Config.model_validate`), each of its
-errors turned into `key.path[0].x: message (line N)`. A config with the right shape then goes
-through the checks of meaning (`config.check`) and the files it names are read and parsed.
-Nothing is started or fetched here; `load` only adds reading the file and its version.
+errors turned into `key.path[0].x: message (line N)` (problems.py). A config with the right
+shape then goes through the checks of meaning (`config.check`) and the files it names are
+read and parsed. Nothing is started or fetched here; `load` only adds reading the file and
+its version.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
-import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
+from pydantic import ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from mcp_proxy.config.check import KeyPath, Parts, Problem, find_problems
 from mcp_proxy.config.keyfiles import key_file_problems, resolve_path
 from mcp_proxy.config.model import Config
+from mcp_proxy.config.problems import show, validation_problems
 from mcp_proxy.config.tlsfiles import version
 from mcp_proxy.tls.certs import listener_problems as listener_tls_problems
 from mcp_proxy.tls.certs import resolved as listener_tls_resolved
@@ -88,7 +87,7 @@ def parse(text: str, base_dir: Path) -> Config:
     except ValidationError as exc:
         # Still check the meaning of the parts that validated: one run lists both kinds.
         parts = Parts.salvage(data)
-        problems.extend(_validation_problems(exc, data))
+        problems.extend(validation_problems(exc, data))
         problems.extend(find_problems(parts))
         problems.extend(key_file_problems(parts, base_dir))
         raise ConfigError(_render(problems, lines)) from None
@@ -126,7 +125,7 @@ def _line_of(path: KeyPath, lines: LineMap) -> int | None:
 def _top_level_problem(data: object) -> Problem:
     if data is None:
         return Problem((), "the file is empty: a config needs at least pools and routes")
-    kind = "a list" if isinstance(data, list) else _show(data)
+    kind = "a list" if isinstance(data, list) else show(data)
     return Problem((), f"the top level must be a mapping (key: value), not {kind}")
 
 
@@ -197,224 +196,6 @@ def _duplicate_key(path: KeyPath, first_line: int, line: int) -> Problem:
 
 
 # --- pydantic errors -> problems ---------------------------------------------------------
-
-
-_PATTERN_HINTS = {
-    r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$": "must be an HTTP token (letters, digits, !#$%&'*+.^_`|~-)",
-    r"^/[^\s]*$": "must start with / and hold no spaces",
-    r"^/": "must start with /",
-    r"^[A-Za-z_][A-Za-z0-9_]*$": "must be an environment variable name (letters, digits, _)",
-}
-_TYPE_MESSAGES = {
-    "int_type": "expected a whole number",
-    "int_parsing": "expected a whole number",
-    "int_from_float": "expected a whole number",
-    "float_type": "expected a number",
-    "float_parsing": "expected a number",
-    "finite_number": "must be a finite number",
-    "bool_type": "expected true or false",
-    "bool_parsing": "expected true or false",
-    "dict_type": "expected a mapping (key: value)",
-    "model_type": "expected a mapping (key: value)",
-    "model_attributes_type": "expected a mapping (key: value)",
-    "tuple_type": "expected a list",
-    "list_type": "expected a list",
-    "iterable_type": "expected a list",
-    "missing": "required",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _Located:
-    """One pydantic error placed in the YAML data: its key path without pydantic's union tags."""
-
-    error: ErrorDetails
-    path: KeyPath
-    union_path: KeyPath | None  # where a union was tried (e.g. a route's auth), if any
-    union_branch: str | None  # which member this error came from ("ScopesConfig", "literal[...]")
-    union_input: object
-    is_key: bool  # the error is about a mapping key, not its value
-
-
-def _validation_problems(exc: ValidationError, data: object) -> list[Problem]:
-    located = [_locate(error, data) for error in exc.errors(include_url=False)]
-    relevant = [item for item in located if _is_relevant(item)]
-    mapping_hints = _mapping_hints(located)
-    return [_problem(item, mapping_hints) for item in relevant]
-
-
-def _locate(error: ErrorDetails, data: object) -> _Located:
-    """Follow `error['loc']` through the data; a step that is not there is a union tag."""
-    path: list[object] = []
-    union_path: KeyPath | None = None
-    branch: str | None = None
-    union_input: object = None
-    current = data
-    loc = error["loc"]
-    for position, part in enumerate(loc):
-        last = position == len(loc) - 1
-        if _holds(current, part):
-            path.append(part)
-            current = current[part]  # type: ignore[index]
-        elif last and error["type"] == "missing":
-            path.append(part)
-        elif part == "[key]":
-            return _Located(error, tuple(path), union_path, branch, union_input, is_key=True)
-        elif union_path is None and isinstance(part, str):
-            union_path, branch, union_input = tuple(path), part, current
-    return _Located(error, tuple(path), union_path, branch, union_input, is_key=False)
-
-
-def _holds(data: object, part: object) -> bool:
-    """Is `part` a key of the mapping `data`, or an index of the list `data`?"""
-    if isinstance(data, list):
-        return isinstance(part, int) and 0 <= part < len(data)
-    if isinstance(data, dict):
-        try:
-            return part in data
-        except TypeError:  # unhashable
-            return False
-    return False
-
-
-def _is_model_branch(branch: str) -> bool:
-    return branch.isidentifier() and branch[:1].isupper()
-
-
-def _is_relevant(item: _Located) -> bool:
-    """Drop the noise: union members that were never meant, follow-on length errors."""
-    error = item.error
-    if error["type"] == "too_short" and isinstance(error["input"], list | tuple | dict):
-        # Pydantic counts the items left *after* validation: bad items make a list "too short".
-        return len(error["input"]) < int(error.get("ctx", {}).get("min_length", 0))
-    if item.union_branch is None:
-        return True
-    # A mapping was meant for a model member of the union, anything else for the others.
-    return _is_model_branch(item.union_branch) == isinstance(item.union_input, dict)
-
-
-def _mapping_hints(located: list[_Located]) -> dict[KeyPath, str]:
-    """For a union that also accepts a mapping: `a mapping with key(s) scopes`, by union path."""
-    hints: dict[KeyPath, str] = {}
-    for item in located:
-        if item.union_path is not None and item.error["type"] == "model_type":
-            keys = _allowed_keys(item.error["loc"])
-            hints[item.union_path] = f"a mapping with key(s) {', '.join(keys)}"
-    return hints
-
-
-def _problem(item: _Located, mapping_hints: dict[KeyPath, str]) -> Problem:
-    error = item.error
-    kind = error["type"]
-    value = error["input"]
-    if kind == "extra_forbidden":
-        return Problem(item.path, _unknown_key(item.path[-1], error["loc"][:-1]))
-    message = _message(error)
-    if kind == "literal_error" and item.union_path in mapping_hints:
-        message += f", or {mapping_hints[item.union_path]}"
-    if kind == "missing":
-        return Problem(item.path, message)
-    if item.is_key:
-        return Problem(item.path, f"key {_show(value)}: {message}")
-    if _is_scalar(value) and not (isinstance(value, str) and repr(value) in message):
-        message = f"{_show(value)}: {message}"
-    return Problem(item.path, message)
-
-
-def _message(error: ErrorDetails) -> str:
-    kind, ctx = error["type"], error.get("ctx", {})
-    if kind in ("value_error", "assertion_error") and "error" in ctx:
-        return str(ctx["error"])
-    if kind == "string_type":
-        return "expected a string" + _quote_hint(error["input"])
-    if kind == "literal_error":
-        return f"must be {ctx['expected']}"
-    if kind == "string_pattern_mismatch":
-        return _PATTERN_HINTS.get(ctx["pattern"], f"must match {ctx['pattern']}")
-    return _TYPE_MESSAGES.get(kind) or _bound_message(kind, ctx) or error["msg"]
-
-
-def _bound_message(kind: str, ctx: dict[str, Any]) -> str | None:
-    if kind in ("too_short", "string_too_short"):
-        minimum = ctx["min_length"]
-        return "must not be empty" if minimum == 1 else f"needs at least {minimum}"
-    if kind in ("too_long", "string_too_long"):
-        return f"allows at most {ctx['max_length']}"
-    bounds = {
-        "greater_than": ("gt", "must be greater than"),
-        "greater_than_equal": ("ge", "must be at least"),
-        "less_than": ("lt", "must be less than"),
-        "less_than_equal": ("le", "must be at most"),
-    }
-    if kind in bounds:
-        key, text = bounds[kind]
-        return f"{text} {ctx[key]}"
-    return None
-
-
-def _quote_hint(value: object) -> str:
-    if isinstance(value, bool):
-        return " (YAML reads unquoted yes/no/on/off/true/false as booleans: quote it)"
-    if isinstance(value, int | float):
-        return " (quote it)"
-    return ""
-
-
-def _is_scalar(value: object) -> bool:
-    return value is None or isinstance(value, str | int | float)
-
-
-def _show(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, str) and len(value) > 60:
-        return repr(value[:57] + "...")
-    return repr(value)
-
-
-def _unknown_key(key: object, model_loc: tuple[int | str, ...]) -> str:
-    allowed = _allowed_keys(model_loc)
-    close = difflib.get_close_matches(str(key), allowed, n=1)
-    if close:
-        return f"unknown key {key!r} (did you mean {close[0]!r}?)"
-    return f"unknown key {key!r}" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
-
-
-def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
-    """The keys of the model at pydantic location `loc`, found by walking Config's types."""
-    annotations: list[object] = [Config]
-    for part in loc:
-        annotations = [step for ann in annotations for step in _step(ann, part)]
-    for annotation in annotations:
-        for member in _members(annotation):
-            if isinstance(member, type) and issubclass(member, BaseModel):
-                return list(member.model_fields)
-    return []
-
-
-def _step(annotation: object, part: int | str) -> Iterator[object]:
-    for member in _members(annotation):
-        if isinstance(member, type) and issubclass(member, BaseModel):
-            if part == member.__name__:  # a union tag naming this model
-                yield member
-            elif isinstance(part, str) and part in member.model_fields:
-                yield member.model_fields[part].annotation
-        elif get_origin(member) is tuple and isinstance(part, int):
-            yield get_args(member)[0]
-        elif get_origin(member) is dict:
-            yield get_args(member)[1]
-
-
-def _members(annotation: object) -> list[object]:
-    """`Annotated[X, ...]` -> [X]; `A | B | None` -> [A, B, NoneType]."""
-    origin = get_origin(annotation)
-    if origin is Annotated:
-        return _members(get_args(annotation)[0])
-    if origin is Union or origin is types.UnionType:
-        return [member for arg in get_args(annotation) for member in _members(arg)]
-    return [annotation]
 
 
 def _with_absolute_paths(config: Config, base_dir: Path) -> Config:

@@ -29,6 +29,7 @@ from mcp_proxy.errors import ClientError, ClientGone, ProxyError
 from mcp_proxy.http1 import head as checks
 from mcp_proxy.http1 import states
 from mcp_proxy.http1.body import Body
+from mcp_proxy.http1.callbacks import unplanned
 from mcp_proxy.http1.deadline import Deadline
 from mcp_proxy.http1.exchange import Handler, Request, ResponseWriter
 from mcp_proxy.http1.pace import RateWindow
@@ -144,7 +145,7 @@ class ClientConnection(asyncio.Protocol):
             try:
                 self._feed(piece)
             except httptools.HttpParserError as exc:
-                self._reject(self.error or checks.parse_error(exc))
+                self._reject(self.error or self._parse_failure(exc))
                 return
             if self.reading >= DISCARD:
                 self._hold(data[offset:])
@@ -313,6 +314,12 @@ class ClientConnection(asyncio.Protocol):
         self.head_bytes += size
         if self.head_bytes > self.settings.max_header_bytes:
             self._fail_parse(ClientError(431, "request header fields too large"))
+
+    def _parse_failure(self, exc: httptools.HttpParserError) -> ClientError:
+        """A request llhttp refused, or (logged) a bug of ours raised in a callback."""
+        if unplanned(exc, f"client {self.peer.decode()}"):
+            return ClientError(500, "internal error")
+        return checks.parse_error(exc)
 
     def _fail_parse(self, error: ClientError) -> None:
         self.error = error

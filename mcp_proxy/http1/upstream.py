@@ -27,6 +27,7 @@ from typing import Final, Protocol, cast
 import httptools
 
 from mcp_proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
+from mcp_proxy.http1.callbacks import unplanned
 from mcp_proxy.http1.deadline import Deadline
 
 IDLE: Final = 0
@@ -220,12 +221,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._leftover = data[upgrade.args[0] :]
         except httptools.HttpParserError as exc:
             if not self._surplus:
-                cause = exc.__context__
-                if not isinstance(cause, ProxyError):
-                    cause = UpstreamError(
-                        f"invalid response from backend: {exc}", before_send=False
-                    )
-                self._fail(cause)
+                self._fail(self._parse_failure(exc))
                 return
         if self.state == SENT:
             self._head_spans_reads()
@@ -357,6 +353,16 @@ class UpstreamConnection(asyncio.Protocol):
             and not response.chunked
             and not response.keep_alive
         )
+
+    def _parse_failure(self, exc: httptools.HttpParserError) -> ProxyError:
+        """What llhttp's error means: a callback's own ProxyError, a bug of ours raised in a
+        callback (logged, a plain internal error), or a response llhttp refused."""
+        cause = exc.__context__
+        if isinstance(exc, httptools.HttpParserCallbackError) and isinstance(cause, ProxyError):
+            return cause
+        if unplanned(exc, f"upstream {self.label}"):
+            return ProxyError("internal error")
+        return UpstreamError(f"invalid response from backend: {exc}", before_send=False)
 
     def _fail(self, error: ProxyError) -> None:
         """The exchange failed: the connection is closed first (its state is unknown)."""

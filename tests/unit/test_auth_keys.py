@@ -11,11 +11,10 @@ import aiohttp
 import jwt
 import pytest
 
+from mcp_proxy.auth.jwks_url import JwksUrlSource, RefetchPolicy
 from mcp_proxy.auth.keys import (
     JwksFileSource,
-    JwksUrlSource,
     KeySourceError,
-    RefetchPolicy,
     SecretEnvSource,
     build_key_set,
     key_fits,

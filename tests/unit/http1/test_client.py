@@ -299,3 +299,23 @@ async def test_a_connection_without_peer_name_is_not_trusted() -> None:
     client.transport.peer = None
     client.conn.connection_made(client.transport)
     assert client.conn.peer == b"" and not client.conn.trusted
+
+
+async def test_a_handler_that_raises_in_the_head_callback_is_a_logged_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # httptools would call it "User callback error": a malformed request, to the client.
+    def broken(request: object) -> None:
+        raise ZeroDivisionError("the handler broke")
+
+    client = Client(respond=broken)
+    with caplog.at_level("ERROR", logger="mcp_proxy.http1"):
+        client.feed(GET)
+    ((_, error),) = client.handler.abandoned  # dispatched: the handler answers it
+    assert isinstance(error, ClientError) and (error.status, error.message) == (
+        500,
+        "internal error",
+    )
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "mcp_proxy.http1"]
+    assert "client 127.0.0.1" in line and "ZeroDivisionError: the handler broke" in line
+    assert "in broken" in line

@@ -339,3 +339,44 @@ async def test_events_after_the_exchange_was_released_reach_nobody() -> None:
     up.conn.data_received(b"ab")
     up.conn.connection_lost(None)
     assert ex.bodies == [] and ex.errors == []
+
+
+class _Broken(Exception):
+    """What a bug in an exchange's listener raises."""
+
+
+async def test_a_listener_that_raises_in_the_head_callback_is_a_logged_internal_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # httptools turns it into "User callback error": it must not pass for a bad response,
+    # and the original must be named in the log.
+    up = Upstream()
+    ex = up.begin()
+
+    def on_head(response: object) -> None:
+        raise _Broken("the listener broke")
+
+    ex.on_head = on_head  # type: ignore[method-assign]
+    with caplog.at_level("ERROR", logger="mcp_proxy.http1"):
+        up.conn.data_received(OK)
+    (error,) = ex.errors
+    assert error.status == 500 and error.message == "internal error"
+    assert "User callback" not in error.message and up.transport.aborted
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "mcp_proxy.http1"]
+    assert "upstream b1" in line and "_Broken: the listener broke" in line
+    assert "test_upstream.py" in line and "in on_head" in line and "\n" not in line
+    assert not caplog.records[0].exc_info  # one line: no traceback
+    up.conn.release()
+    assert up.released == [False]
+
+
+async def test_a_head_too_large_raised_by_the_last_header_stays_a_502(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The last header is delivered inside on_headers_complete: its own error is kept.
+    up = Upstream(max_head_bytes=60)
+    ex = up.begin()
+    with caplog.at_level("ERROR", logger="mcp_proxy.http1"):
+        up.conn.data_received(b"HTTP/1.1 200 OK\r\nx-a: " + b"a" * 40 + b"\r\n\r\n")
+    assert isinstance(ex.errors[0], UpstreamError) and "too large" in ex.errors[0].message
+    assert caplog.records == []
