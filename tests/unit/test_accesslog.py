@@ -21,6 +21,7 @@ from mcp_proxy.headers import traceparent_for
 from mcp_proxy.http1.body import Body
 from mcp_proxy.http1.client import ClientConnection
 from mcp_proxy.http1.exchange import Request
+from mcp_proxy.http1.head import check_head
 from mcp_proxy.logline import Facts, json_line, text_line
 from tests.integration.harness import eventually
 from tests.unit.http1.fakes import FakeHandler, settings
@@ -58,11 +59,11 @@ def refuse(log: AccessLog, n: int = 1, req: Request | None = None) -> None:
 async def test_lines_wait_in_the_buffer_until_64_kib(tmp_path: Path) -> None:
     log = writer(tmp_path / "a.log")
     refuse(log, 3)
-    assert log.lines == 3 and log.timer is not None  # the interval timer runs: lines wait
+    assert len(log.buf) == 3 and log.timer is not None  # the interval timer runs: lines wait
     assert (tmp_path / "a.log").read_bytes() == b""
-    line = len(log.buf) // 3
+    line = log.size // 3
     refuse(log, accesslog.BUFFER // line)
-    assert log.lines < 3  # handed over at 64 KiB
+    assert len(log.buf) < 3  # handed over at 64 KiB
     assert log.written(5.0)
     assert (tmp_path / "a.log").read_bytes().count(b"\n") >= accesslog.BUFFER // line
     log.hand_over()
@@ -126,7 +127,7 @@ async def test_a_reload_switches_format_and_path(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "b.log").read_text())["status"] == 400
     log.configure(AccessLogConfig(path=str(tmp_path / "b.log"), enabled=False))
     refuse(log)
-    assert log.lines == 0
+    assert not log.buf
     log.finish()
 
 
@@ -135,20 +136,20 @@ async def test_json_lines_have_every_field_and_escape_what_needs_it(tmp_path: Pa
     facts = Facts(req, b"rid", 404)
     facts.reason = "no_route"
     facts.traceparent = traceparent_for(req.traceparent)
-    line = json_line(facts, "2024-01-01T00:00:00.000Z", 7)
+    line = json_line(facts, b"2024-01-01T00:00:00.000Z", b"7")
     fields = json.loads(line)
     assert fields.keys() >= FIELDS
     assert fields["path"] == '/a"b\\ü\x01' and fields["query"] == 'q=1&x="y"'
     assert fields["reason"] == "no_route" and fields["route"] is None
     assert fields["upstream_ms"] is None and fields["tls"] is None and fields["worker"] == 7
-    assert b"SECRET" not in line and b"SECRET" not in text_line(facts, "t", 7)
+    assert b"SECRET" not in line and b"SECRET" not in text_line(facts, b"t", b"7")
     assert TRACEPARENT.match(fields["traceparent"])
 
 
 async def test_query_absent_when_empty_and_bearer_in_query_redacted() -> None:
-    assert "query" not in json.loads(json_line(Facts(request(b"/x"), b"r", 200), "t", 1))
+    assert "query" not in json.loads(json_line(Facts(request(b"/x"), b"r", 200), b"t", b"1"))
     facts = Facts(request(b"/x?a=1&access_token=abc.def&b=2"), b"r", 200)
-    assert facts.query == "a=1&access_token=<redacted>&b=2"
+    assert facts.query == b"a=1&access_token=<redacted>&b=2"
 
 
 async def test_text_lines_carry_the_same_facts() -> None:
@@ -156,10 +157,31 @@ async def test_text_lines_carry_the_same_facts() -> None:
     facts.route, facts.pool, facts.backend, facts.klass = "r", "p", "http://b:1", "normal"
     facts.queue_ms, facts.upstream_ms, facts.subject = 0.0, 1.25, "user 1"
     facts.traceparent = b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01"
-    line = text_line(facts, "T", 9).decode()
+    line = text_line(facts, b"T", b"9").decode()
     assert line.startswith('T 10.0.0.7 "GET /x?q=1" 200 route=r pool=p backend=http://b:1 ')
     assert "class=normal queue_ms=0.0 upstream_ms=1.3 " in line
     assert 'sub="user 1"' in line and "worker=9 id=rid\n" in line
+
+
+async def test_a_normalised_path_is_written_as_is_and_a_query_escaped_when_it_must() -> None:
+    req = request(b'/a/./b%7e/c?x=%22&y="\\')
+    req.host, req.version = b"h", b"1.1"
+    check_head(req, False, 1024)  # the engine's own checks: the path is normalised
+    assert req.path == "/a/b~/c"
+    fields = json.loads(json_line(Facts(req, b"r", 200), b"t", b"1"))
+    assert fields["path"] == "/a/b~/c" and fields["query"] == 'x=%22&y="\\'
+
+
+async def test_milliseconds_statuses_and_odd_names() -> None:
+    facts = Facts(request(b"/x"), b"r", 999)
+    facts.queue_ms, facts.upstream_ms, facts.duration_ms = 99.94, 99.95, 123456.78
+    facts.route, facts.subject = "r\u00fc", "lone \ud800"  # JSON escapes both, never raises
+    line = json_line(facts, b"t", b"1")
+    fields = json.loads(line)
+    assert b'"queue_ms":99.9,"upstream_ms":100.0,"duration_ms":123456.8,' in line
+    assert fields["status"] == 999 and fields["route"] == "r\u00fc"
+    assert fields["subject"] == "lone \ud800" and line.isascii()
+    assert " ms=123456.8 " in text_line(facts, b"t", b"1").decode()
 
 
 @pytest.mark.parametrize(

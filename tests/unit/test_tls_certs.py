@@ -149,6 +149,6 @@ async def test_the_access_log_says_the_tls_version() -> None:
     req = request(b"/x")
     req.tls = TlsSession("TLSv1.3")
     facts = Facts(req, b"rid", 200)
-    assert json.loads(json_line(facts, "t", 1))["tls"] == "TLSv1.3"
-    assert " tls=TLSv1.3 " in text_line(facts, "t", 1).decode()
-    assert json.loads(json_line(Facts(request(b"/x"), b"r", 200), "t", 1))["tls"] is None
+    assert json.loads(json_line(facts, b"t", b"1"))["tls"] == "TLSv1.3"
+    assert " tls=TLSv1.3 " in text_line(facts, b"t", b"1").decode()
+    assert json.loads(json_line(Facts(request(b"/x"), b"r", 200), b"t", b"1"))["tls"] is None
