@@ -5,11 +5,17 @@
    Health probes are set to a 10-minute interval here, so the figure is the cost of the admin
    requests, leases and timer, not of probing 1,000 addresses (that is the health checker's
    cost for any 1,000 backends, registered or not).
-2. Mirroring: client p99 of a GET route (open loop, `bench.openloop`, from the intended send
-   time) without a mirror and with `mirror: {percent: 100}`, in alternation, `--rounds` times.
+2. Mirroring: client p50/p99 of a GET route (open loop, from the intended send time) without a
+   mirror, with `mirror: {percent: 100}` to a live pool, to a pool that is down (nothing
+   listens) and to a slow one (every answer after 1 s), in alternation, `--rounds` times; the
+   proxy's `mcp_proxy_mirror_total` after them (the copies were made: sent, failed, dropped).
+   The open loop is the C tool's (bench/ctool.py; `--generator python` for bench.openloop,
+   whose own timing moved single p99s by milliseconds on a busy machine).
 
-Prints one JSON object. Everything runs on 127.0.0.1 on this machine; the load generator and
-the renewing client share its cores with the proxy.
+Prints one JSON object. Everything runs on 127.0.0.1 on this machine. With `--pin` (the
+default on 2+ CPUs) the proxy and nginx run on CPU 0, and the backends, the mirror pools, the
+load generator and the renewing client on CPU 1: what the proxy does for the copies is then
+on its own CPU, as it would be on a machine of its own.
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +40,9 @@ from typing import Any
 import aiohttp
 import yaml
 
+from bench import ctool
 from bench.configs import _nginx_http_common, _nginx_main
+from bench.cpus import Cpus, can_pin, pinned_argv
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -68,20 +78,30 @@ http {{
 
 def config(ports: dict[str, int]) -> dict[str, Any]:
     backend = {"kind": "on-prem", "backends": [{"url": f"http://127.0.0.1:{ports['backend']}"}]}
-    mirror = {"kind": "on-prem", "backends": [{"url": f"http://127.0.0.1:{ports['mirror']}"}]}
+
+    def pool(port: int) -> dict[str, Any]:
+        return {"kind": "on-prem", "backends": [{"url": f"http://127.0.0.1:{port}"}]}
+
+    def mirrored(name: str, pool: str) -> dict[str, Any]:
+        return {"name": name, "match": {"path_prefix": f"/{name}"}, "to": {"pools": ["main"]},
+                "mirror": {"pools": [pool], "percent": 100}}  # fmt: skip
+
     return {
         "listen": f"127.0.0.1:{ports['proxy']}",
         "admin": f"127.0.0.1:{ports['admin']}",
-        "pools": {"main": backend, "dr": mirror, "cloud": {"kind": "public", "registration": True}},
+        "pools": {
+            "main": backend,
+            "dr": pool(ports["mirror"]),
+            "down": pool(ports["down"]),
+            "slow": pool(ports["slow"]),
+            "cloud": {"kind": "public", "registration": True},
+        },
         "auth": {"default": "none"},
         "health": {"interval": "10m"},
         "routes": [
-            {
-                "name": "mirrored",
-                "match": {"path_prefix": "/mirrored"},
-                "to": {"pools": ["main"]},
-                "mirror": {"pools": ["dr"], "percent": 100},
-            },
+            mirrored("mirrored", "dr"),
+            mirrored("mirror-down", "down"),
+            mirrored("mirror-slow", "slow"),
             {"name": "cloud", "match": {"path_prefix": "/cloud"}, "to": {"pools": ["cloud"]}},
             {"name": "plain", "to": {"pools": ["main"]}},
         ],
@@ -90,24 +110,34 @@ def config(ports: dict[str, int]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def processes(ports: dict[str, int], folder: Path) -> Iterator[subprocess.Popen[bytes]]:
+def processes(
+    ports: dict[str, int], folder: Path, cpus: tuple[Cpus | None, Cpus | None]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Backends, the slow mirror, the proxy and nginx; `cpus`: (the proxies', the others')."""
     path = folder / "proxy.yaml"
     path.write_text(yaml.safe_dump(config(ports), sort_keys=False))
     quiet = subprocess.DEVNULL
+    proxies, others = cpus
+    backends = [[str(ports["backend"])], [str(ports["mirror"])],
+                [str(ports["slow"]), "--delay-ms", "1000"]]  # fmt: skip
     started = [
         subprocess.Popen(
-            [sys.executable, "-m", "bench.backend", "--port", str(port)], stdout=quiet, stderr=quiet
+            pinned_argv([sys.executable, "-m", "bench.backend", "--port", *argv], others),
+            stdout=quiet,
+            stderr=quiet,
         )
-        for port in (ports["backend"], ports["mirror"])
+        for argv in backends
     ]
     proxy = subprocess.Popen(
-        [sys.executable, "-m", "mcp_proxy", "run", "-c", str(path)], stdout=quiet, stderr=quiet
+        pinned_argv([sys.executable, "-m", "mcp_proxy", "run", "-c", str(path)], proxies),
+        stdout=quiet,
+        stderr=quiet,
     )
     started.append(proxy)
     if shutil.which("nginx") and "nginx" in ports:  # the reference, in the same run
         (folder / "nginx.conf").write_text(nginx_conf(folder, ports))
         nginx = ["nginx", "-p", str(folder), "-c", str(folder / "nginx.conf")]
-        started.append(subprocess.Popen(nginx, stdout=quiet, stderr=quiet))
+        started.append(subprocess.Popen(pinned_argv(nginx, proxies), stdout=quiet, stderr=quiet))
     try:
         yield proxy
     finally:
@@ -162,26 +192,61 @@ async def renewals(admin: str, pid: int, count: int, seconds: float) -> dict[str
     }
 
 
-def openloop(port: int, path: str, rate: float, duration: float) -> dict[str, Any]:
+def openloop(port: int, path: str, args: argparse.Namespace) -> dict[str, Any]:
+    if args.generator == "c":
+        return ctool.openloop(port, path, args.rate, args.duration, connections=64)
     command = [sys.executable, "-m", "bench.openloop", "--url", f"http://127.0.0.1:{port}",
-               "--rate", str(rate), "--duration", str(duration), "--mix", f"{path}=1"]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, check=False)
+               "--rate", str(args.rate), "--duration", str(args.duration),
+               "--mix", f"{path}=1"]  # fmt: skip
+    done = subprocess.run(pinned_argv(command, args.cpus[1]), capture_output=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"bench.openloop failed: {done.stderr.decode()[-500:]}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
 
-def mirror_runs(port: int, args: argparse.Namespace) -> dict[str, Any]:
-    """p99 of `/plain` and `/mirrored` in alternation; the change of the median p99."""
-    runs: dict[str, list[float]] = {"plain": [], "mirrored": []}
-    for _ in range(args.rounds):
-        for name, p99s in runs.items():
-            result = openloop(port, f"/{name}", args.rate, args.duration)
-            p99s.append(round(result["latency_us"]["p99"], 1))
-    median = {name: statistics.median(p99s) for name, p99s in runs.items()}
-    change = round(100 * (median["mirrored"] / median["plain"] - 1), 1)
-    return {"rate": args.rate, "p99_us": runs, "median_p99_change_pct": change}
+def mirror_runs(port: int, paths: tuple[str, ...], args: argparse.Namespace) -> dict[str, Any]:
+    """p50/p99 of each path in alternation, `--rounds` times (after one unrecorded warm-up
+    round); each path's median, lowest and highest p99, and the change of its median p99 and
+    p50 against `/plain`'s."""
+    runs: dict[str, dict[str, list[float]]] = {path: {"p50": [], "p99": []} for path in paths}
+    for round_ in range(args.rounds + 1):
+        for path, found in runs.items():
+            latency = openloop(port, f"/{path}", args)["latency_us"]
+            if round_:  # the first round warms connections to every backend and mirror
+                found["p50"].append(round(latency["p50"], 1))
+                found["p99"].append(round(latency["p99"], 1))
+    report: dict[str, Any] = {"rate": args.rate, "rounds": args.rounds, "generator": args.generator}
+    plain = {q: statistics.median(runs["plain"][q]) for q in ("p50", "p99")}
+    for path, found in runs.items():
+        median = {q: statistics.median(found[q]) for q in ("p50", "p99")}
+        report[path] = {
+            "p99_us": found["p99"],
+            "p50_us": found["p50"],
+            "median_p99_us": median["p99"],
+            "p99_range_us": [min(found["p99"]), max(found["p99"])],
+            "median_p99_change_pct": round(100 * (median["p99"] / plain["p99"] - 1), 1),
+            "median_p50_change_pct": round(100 * (median["p50"] / plain["p50"] - 1), 1),
+        }
+    return report
+
+
+def mirror_counts(admin: str) -> dict[str, float]:
+    """`mcp_proxy_mirror_total{result}`: the copies were made (or dropped, or failed)."""
+    text = urllib.request.urlopen(admin + "/metrics", timeout=10).read().decode()
+    found = re.findall(r'^mcp_proxy_mirror_total\{result="(\w+)"\} ([0-9.e+]+)$', text, re.M)
+    return {result: float(value) for result, value in found}
+
+
+def cpu_split(pin: bool) -> tuple[Cpus | None, Cpus | None]:
+    """(the proxies' CPUs, everyone else's); this process moves to the latter, so the C tool
+    and the renewing client run there too. Nothing pinned on one CPU or with --no-pin."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2 or not can_pin():
+        return None, None
+    proxies, others = frozenset(cpus[:1]), frozenset(cpus[1:2])
+    os.sched_setaffinity(0, others)
+    return proxies, others
 
 
 def main() -> int:
@@ -190,19 +255,29 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--duration", type=float, default=6.0)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=10.0, help="renewal window")
+    parser.add_argument("--seconds", type=float, default=10.0, help="renewal window (0: skip)")
+    parser.add_argument("--generator", choices=("c", "python"), default="c")
+    parser.add_argument("--no-pin", dest="pin", action="store_false")
     args = parser.parse_args()
+    args.cpus = cpu_split(args.pin)
     base = args.port_base
     ports = {"proxy": base, "admin": base + 1, "backend": base + 2, "mirror": base + 3,
-             "nginx": base + 4}  # fmt: skip
+             "nginx": base + 4, "down": base + 5, "slow": base + 6}  # fmt: skip
     admin = f"http://127.0.0.1:{ports['admin']}"
-    with tempfile.TemporaryDirectory() as folder, processes(ports, Path(folder)) as proxy:
+    report: dict[str, Any] = {"pinned": args.cpus[0] is not None}
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        processes(ports, Path(folder), args.cpus) as proxy,
+    ):
         asyncio.run(wait_ready(admin))
-        report: dict[str, Any] = {"registration": asyncio.run(
-            renewals(admin, proxy.pid, 1000, args.seconds))}  # fmt: skip
+        if args.seconds:
+            report["registration"] = asyncio.run(renewals(admin, proxy.pid, 1000, args.seconds))
         if args.rounds:
-            targets = ("proxy", "nginx") if shutil.which("nginx") else ("proxy",)
-            report["mirror"] = {target: mirror_runs(ports[target], args) for target in targets}
+            paths = ("plain", "mirrored", "mirror-down", "mirror-slow")
+            report["mirror"] = {"proxy": mirror_runs(ports["proxy"], paths, args)}
+            report["mirror"]["proxy"]["copies"] = mirror_counts(admin)
+            if shutil.which("nginx"):
+                report["mirror"]["nginx"] = mirror_runs(ports["nginx"], paths[:2], args)
     print(json.dumps(report, indent=1))
     return 0
 

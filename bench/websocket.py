@@ -7,13 +7,16 @@ nginx on the same backend, bounded (about 2 minutes in all).
    tunnel), and the p50/p99 of one round trip.
 2. Idle tunnels: the proxy's RSS growth per open, quiet tunnel (9,000 by default: the open-file
    hard limit here is 20,000 and each tunnel holds two of the proxy's descriptors).
-3. SSE: 100 streams, one event per 100 ms each; the time from the backend writing an event
-   (its monotonic clock, in the event) to the client reading it.
+3. SSE: 100 streams, one event per 100 ms each, their phases spread over the period; the time
+   from the backend writing an event to the client reading it. Backend and client are the C
+   tool (bench/ctool.py, bench/tools/latency.c: CLOCK_MONOTONIC just before write() and just
+   after read()), since a Python client and backend alone reach a 4 ms p99.
 
-The backend (`python -m bench.websocket backend PORT`) is one uvloop process: it answers a
-WebSocket handshake with 101 and then echoes bytes, and `/sse` with a chunked event stream.
-The client side runs in this process on uvloop. Nothing is pinned to CPUs: on a shared 2-core
-machine the ratios against nginx measured in the same run are the meaningful figures.
+The echo backend (`python -m bench.websocket backend PORT`) is one uvloop process: it answers a
+WebSocket handshake with 101 and then echoes bytes. The echo client runs in this process on
+uvloop; the proxies send `/sse` to the C backend and everything else to the echo backend.
+Nothing is pinned to CPUs: on a shared 2-core machine the ratios against nginx measured in the
+same run are the meaningful figures.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from bench import ctool
 from bench.configs import _nginx_http_common, _nginx_main
 from bench.procs import Service, Services, answers, wait_ready
 from bench.stats import percentile
@@ -44,7 +48,7 @@ HANDSHAKE = (
     b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + KEY + b"\r\n\r\n"
 )
 MESSAGE = b"\x82\x9a\x00\x00\x00\x00" + b"m" * 26  # a masked 26-byte binary frame: 32 bytes
-SSE_GAP = 0.1
+SSE_STREAMS = 100
 
 
 # -- the backend ------------------------------------------------------------------------------
@@ -53,7 +57,6 @@ class BackendProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.head = b""
         self.tunnel = False
-        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -69,12 +72,6 @@ class BackendProtocol(asyncio.Protocol):
         head, self.head = self.head.split(b"\r\n\r\n", 1)
         if head.startswith(b"GET /healthz"):
             self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-        elif head.startswith(b"GET /sse"):
-            self.transport.write(
-                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                b"transfer-encoding: chunked\r\n\r\n"
-            )
-            self._event()
         else:
             accept = base64.b64encode(hashlib.sha1(KEY + GUID).digest())
             self.transport.write(
@@ -82,16 +79,6 @@ class BackendProtocol(asyncio.Protocol):
                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
             )
             self.tunnel = True
-
-    def _event(self) -> None:
-        assert self.transport is not None
-        event = b"data: %d\n\n" % time.monotonic_ns()
-        self.transport.write(b"%x\r\n%s\r\n" % (len(event), event))
-        self.timer = asyncio.get_running_loop().call_later(SSE_GAP, self._event)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
 
 
 async def serve_backend(port: int) -> None:
@@ -135,30 +122,6 @@ async def echo_load(port: int, connections: int, duration: float) -> dict[str, f
     }
 
 
-async def sse_load(port: int, streams: int, duration: float) -> dict[str, float]:
-    lags: list[float] = []
-    end = time.monotonic() + duration
-
-    async def one() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /sse HTTP/1.1\r\nHost: bench\r\n\r\n")
-        await reader.readuntil(b"\r\n\r\n")
-        while time.monotonic() < end:
-            line = await reader.readline()
-            if line.startswith(b"data: "):
-                lags.append((time.monotonic_ns() - int(line[6:])) / 1e6)
-        writer.close()
-
-    await asyncio.gather(*(one() for _ in range(streams)))
-    ordered = sorted(lags)
-    return {
-        "events": len(lags),
-        "p50_ms": percentile(ordered, 50),
-        "p99_ms": percentile(ordered, 99),
-        "max_ms": ordered[-1],
-    }
-
-
 async def idle_tunnels(port: int, count: int, rss: Callable[[], int]) -> dict[str, float]:
     warm = [await open_tunnel(port) for _ in range(50)]
     await asyncio.sleep(1.0)  # sleep-ok: let the proxy's RSS settle before the baseline
@@ -174,7 +137,7 @@ async def idle_tunnels(port: int, count: int, rss: Callable[[], int]) -> dict[st
 
 
 # -- the proxies ------------------------------------------------------------------------------
-def nginx_conf(workdir: Path, listen: int, backend: int) -> str:
+def nginx_conf(workdir: Path, listen: int, backend: int, sse: int) -> str:
     return (
         _nginx_main(workdir)
         + f"""
@@ -190,73 +153,114 @@ http {{
       proxy_buffering off;
       proxy_read_timeout 3600s;
     }}
+    location /sse {{
+      proxy_pass http://127.0.0.1:{sse};
+      proxy_http_version 1.1;
+      proxy_buffering off;
+      proxy_read_timeout 3600s;
+    }}
   }}
 }}
 """
     )
 
 
-def mcp_conf(listen: int, admin: int, backend: int) -> dict[str, Any]:
+def mcp_conf(listen: int, admin: int, backend: int, sse: int) -> dict[str, Any]:
+    def pool(port: int) -> dict[str, Any]:
+        return {"kind": "on-prem", "backends": [{"url": f"http://127.0.0.1:{port}"}]}
+
     return {
         "listen": f"127.0.0.1:{listen}",
         "admin": f"127.0.0.1:{admin}",
-        "pools": {"ws": {"kind": "on-prem", "backends": [{"url": f"http://127.0.0.1:{backend}"}]}},
+        "pools": {"ws": pool(backend), "sse": pool(sse)},
         "auth": {"default": "none"},
-        "routes": [{"name": "ws", "match": {"path_prefix": "/"}, "to": {"pools": ["ws"]}}],
+        "routes": [
+            {"name": "sse", "match": {"path_prefix": "/sse"}, "to": {"pools": ["sse"]}},
+            {"name": "ws", "match": {"path_prefix": "/"}, "to": {"pools": ["ws"]}},
+        ],
         "limits": {"max_tunnels": 20000, "idle_timeout": "300s"},
         "access_log": False,
         "drain_timeout": "1s",
     }
 
 
-def start_target(name: str, work: Path, services: Services, base: int) -> tuple[int, Service]:
-    backend_port = base
+class Ports:
+    """echo backend, mcp-proxy, its admin, nginx, SSE backend: `base` and the four above."""
+
+    def __init__(self, base: int) -> None:
+        self.backend, self.mcp, self.admin, self.nginx, self.sse = range(base, base + 5)
+
+
+def start_target(name: str, work: Path, services: Services, ports: Ports) -> tuple[int, Service]:
     if name == "mcp-proxy":
         config = work / "mcp-proxy.yaml"
-        config.write_text(yaml.safe_dump(mcp_conf(base + 1, base + 2, backend_port)))
+        conf = mcp_conf(ports.mcp, ports.admin, ports.backend, ports.sse)
+        config.write_text(yaml.safe_dump(conf))
         argv = [sys.executable, "-m", "mcp_proxy", "run", "--config", str(config)]
         service = services.start(Service(name, argv, work / f"{name}.log"))
-        wait_ready(service, answers("127.0.0.1", base + 1, "/healthz"), 30, "GET /healthz")
-        return base + 1, service
-    conf = work / "nginx.conf"
-    conf.write_text(nginx_conf(work, base + 3, backend_port))
+        wait_ready(service, answers("127.0.0.1", ports.mcp, "/healthz"), 30, "GET /healthz")
+        return ports.mcp, service
+    conf_path = work / "nginx.conf"
+    conf_path.write_text(nginx_conf(work, ports.nginx, ports.backend, ports.sse))
     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (work / f"{kind}_temp").mkdir(exist_ok=True)
-    argv = ["nginx", "-c", str(conf), "-p", str(work)]
+    argv = ["nginx", "-c", str(conf_path), "-p", str(work)]
     service = services.start(Service(name, argv, work / f"{name}.log"))
-    wait_ready(service, answers("127.0.0.1", base + 3, "/healthz"), 30, "GET /healthz")
-    return base + 3, service
+    wait_ready(service, answers("127.0.0.1", ports.nginx, "/healthz"), 30, "GET /healthz")
+    return ports.nginx, service
+
+
+def start_backends(work: Path, services: Services, ports: Ports) -> Service:
+    """The echo backend (returned: direct's process) and the C SSE backend."""
+    echo = [sys.executable, "-m", "bench.websocket", "backend", str(ports.backend)]
+    back = services.start(Service("backend", echo, work / "backend.log"))
+    wait_ready(back, answers("127.0.0.1", ports.backend, "/healthz"), 30, "GET /healthz")
+    sse = services.start(
+        Service("sse-backend", ctool.sse_backend_argv(ports.sse), work / "sse.log")
+    )
+    wait_ready(sse, answers("127.0.0.1", ports.sse, "/healthz"), 30, "GET /healthz")
+    return back
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
     work = Path(tempfile.mkdtemp(prefix="bench-ws-"))
-    base = args.port_base
-    results: dict[str, Any] = {"machine": "shared, busy 2-core VM; nothing pinned"}
+    ports = Ports(args.port_base)
+    results: dict[str, Any] = {"machine": "2-core VM; nothing pinned"}
     with Services() as services:
-        backend = [sys.executable, "-m", "bench.websocket", "backend", str(base)]
-        back = services.start(Service("backend", backend, work / "backend.log"))
-        wait_ready(back, answers("127.0.0.1", base, "/healthz"), 30, "GET /healthz")
+        back = start_backends(work, services, ports)
         for target in args.targets.split(","):
-            if target == "direct":
-                port, proxy = base, back
-            else:
-                port, proxy = start_target(target, work, services, base)
-            entry = results[target] = {}
-            entry["echo"] = asyncio.run(echo_load(port, 50, args.duration))
-            entry["sse"] = asyncio.run(sse_load(port, 100, args.duration))
-            if target != "direct" and args.idle:
-                entry["idle"] = asyncio.run(idle_tunnels(port, args.idle, proxy.rss_bytes))
+            entry = results[target] = measure(target, args, work, services, ports, back)
             print(target, json.dumps(entry), flush=True)
-            if proxy is not back:
-                services.stop(proxy)
     return results
+
+
+def measure(
+    target: str, args: argparse.Namespace, work: Path, services: Services, ports: Ports,
+    back: Service,
+) -> dict[str, Any]:  # fmt: skip
+    """One target's three figures (direct: the backends themselves, no idle tunnels)."""
+    entry: dict[str, Any] = {}
+    if target == "direct":
+        port, proxy, sse_port = ports.backend, back, ports.sse
+    else:
+        port, proxy = start_target(target, work, services, ports)
+        sse_port = port
+    if args.echo:
+        entry["echo"] = asyncio.run(echo_load(port, 50, args.duration))
+    entry["sse"] = ctool.sse_client(sse_port, SSE_STREAMS, args.duration)
+    if target != "direct" and args.idle:
+        entry["idle"] = asyncio.run(idle_tunnels(port, args.idle, proxy.rss_bytes))
+    if proxy is not back:
+        services.stop(proxy)
+    return entry
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.websocket")
     parser.add_argument("--duration", type=float, default=8.0)
-    parser.add_argument("--idle", type=int, default=9000)
+    parser.add_argument("--idle", type=int, default=9000, help="idle tunnels (0: none)")
+    parser.add_argument("--no-echo", dest="echo", action="store_false", help="skip the echo test")
     parser.add_argument("--targets", default="direct,mcp-proxy,nginx")
     parser.add_argument("--port-base", type=int, default=23000)
     parser.add_argument("mode", nargs="?", default="run")
