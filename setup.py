@@ -59,6 +59,7 @@ REQUEST_PATH = [
     "mcp_proxy/upstream/retry.py",
     "mcp_proxy/accesslog.py",
     "mcp_proxy/logline.py",
+    "mcp_proxy/tls/reader.py",
 ]
 
 

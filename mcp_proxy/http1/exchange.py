@@ -13,9 +13,10 @@ the proxy's own answers (`answer`), the 100 Continue. So the two decisions a res
 are made once: its framing (Content-Length, chunked, or close-delimited for an HTTP/1.0 client)
 and whether the connection stays open after it (`start`).
 
-Parts of a response are collected and sent by `flush()` in one writelines (uvloop gathers them
-into one writev): the upstream leg flushes once per read, so a small response whose head and
-body arrive in one read leaves in one send.
+Parts of a response are collected and sent by `flush()` in one write (up to JOIN_LIMIT joined,
+so over TLS they are one record) or one writelines (uvloop gathers them into one writev): the
+upstream leg flushes once per read, so a small response whose head and body arrive in one read
+leaves in one send.
 
 States: IDLE (no request), WAITING (a request is served, nothing sent), STREAMING (the head
 went out), COMPLETE, CLOSED. A client that reads too slowly is cut: nothing drained for
@@ -46,6 +47,10 @@ STATE_NAMES: Final = ("IDLE", "WAITING", "STREAMING", "COMPLETE", "CLOSED")
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _KEEP_ALIVE_10: Final = b"connection: keep-alive\r\n\r\n"
 _CLOSE: Final = b"connection: close\r\n\r\n"
+# Parts of a flush up to this size are joined into one write: a TLS transport encrypts each
+# piece of a writelines as its own record (its own AEAD pass and 22 bytes more), and the copy
+# of a few KiB costs less than that. Larger ones go as they are (a record holds 16 KiB at most).
+JOIN_LIMIT: Final = 16 * 1024
 
 
 class Handler(Protocol):
@@ -248,8 +253,12 @@ class ResponseWriter:
         if len(out) == 1:
             self.sent += len(out[0])
             transport.write(out[0])
+            return
+        size = sum(len(part) for part in out)
+        self.sent += size
+        if size <= JOIN_LIMIT:
+            transport.write(b"".join(out))  # over TLS: one record, not one per piece
         else:
-            self.sent += sum(len(part) for part in out)
             transport.writelines(out)
 
     def cut(self) -> None:

@@ -6,8 +6,10 @@ uses, the `ssl` module over the loop's transport) made with the context current 
 accept, bounded by `limits.header_timeout`, with a `Handshake` as its application protocol.
 Only a handshake that completes creates the client connection (http1/client.py): the
 Handshake hands it the TLS transport inside `connection_made`, before any decrypted byte is
-delivered. A handshake that fails (no common version, a missing or bad client certificate when
-one is asked for, garbage, a client that stalls) is counted through its waiter
+delivered, with a TlsReader between the two (reader.py: decrypted bytes are read into a buffer,
+not into a 256 KiB bytes object per read). A handshake that fails (no common version, a
+missing or bad client certificate when one is asked for, garbage, a client that stalls) is
+counted through its waiter
 (`mcp_proxy_tls_handshakes_total{listener="public",result="failed"}`) and closed by the TLS
 protocol; it never reaches routing.
 
@@ -34,6 +36,7 @@ from cryptography import x509
 from mcp_proxy.config.model import ListenerTls
 from mcp_proxy.tls.certs import expiry_warning
 from mcp_proxy.tls.contexts import Contexts, build
+from mcp_proxy.tls.reader import Receiver, TlsReader
 from mcp_proxy.tls.session import SAN, SUBJECT, TlsSession
 
 if TYPE_CHECKING:
@@ -52,7 +55,7 @@ def _ssl_protocol(loop: asyncio.AbstractEventLoop) -> Callable[..., asyncio.Base
     return asyncio.sslproto.SSLProtocol
 
 
-class Connection(Protocol):
+class Connection(Receiver, Protocol):
     """What a handshake hands over to (http1.client.ClientConnection)."""
 
     tls: TlsSession | None
@@ -165,7 +168,7 @@ class Handshake(asyncio.Protocol):
             return
         connection = self.make_connection()
         connection.tls = session_of(secured)
-        secured.set_protocol(connection)  # type: ignore[arg-type]
+        secured.set_protocol(TlsReader(connection))  # decrypts into a buffer: see reader.py
         connection.connection_made(secured)
 
     def done(self, waiter: asyncio.Future[None]) -> None:

@@ -133,6 +133,46 @@ async def test_requests_over_tls_say_https_and_strip_client_identity_fields(
         await proxy.stop()
 
 
+async def test_pipelined_requests_and_bodies_larger_than_the_read_buffer_arrive_whole(
+    tmp_path: Path, backend: Backend
+) -> None:
+    """Decrypted bytes are read into one buffer all connections share (tls/reader.py): three
+    connections at once, each with pipelined requests and a 300 KiB chunked body (many
+    buffer fills; a chunk size read wrong would break the framing), each answered in order."""
+    pki = Pki(tmp_path)
+    proxy = await start(tmp_path, tls_config(backend, pki.server(API)))
+    body = b"".join(
+        b"%x\r\n%s\r\n" % (1000 + n, bytes([65 + n % 26]) * (1000 + n)) for n in range(300)
+    )
+    size = sum(1000 + n for n in range(300))
+
+    async def one(index: int) -> list[tuple[str, int]]:
+        reader, writer = await handshake(proxy, pki.client_context())
+        writer.write(
+            b"GET /a%d HTTP/1.1\r\nHost: a\r\n\r\nGET /b%d HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"POST /c%d HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n%s0\r\n\r\n"
+            % (index, index, index, body)
+        )
+        answers = []
+        try:
+            for _ in range(3):
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                assert head.startswith(b"HTTP/1.1 200"), head
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                answer = json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+                answers.append((answer["path"], answer["body_bytes"]))
+        finally:
+            writer.close()
+        return answers
+
+    try:
+        results = await asyncio.gather(*(one(index) for index in range(3)))
+        for index, answers in enumerate(results):
+            assert answers == [(f"/a{index}", 0), (f"/b{index}", 0), (f"/c{index}", size)]
+    finally:
+        await proxy.stop()
+
+
 async def test_a_plain_listener_strips_client_identity_fields_too(
     tmp_path: Path, backend: Backend
 ) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.instructions import instructions_in, send
+from bench.instructions import _connect, instructions_in, send
 
 
 def test_totals_are_read_from_the_end_of_callgrind_output(tmp_path: Path):
@@ -43,7 +43,10 @@ def test_send_makes_exactly_the_requests_asked_over_keep_alive_connections():
 
     acceptor = threading.Thread(target=accept, daemon=True)
     acceptor.start()
-    send(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", connections=3, total=50)
+    socks = _connect(port, 3, None)
+    send(socks, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", total=50)
     acceptor.join(5)
+    for sock in socks:
+        sock.close()
     listener.close()
     assert len(answered) == 50
