@@ -40,7 +40,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from bench import ctool
+from bench import ctool, fleet
 from bench.configs import _nginx_http_common, _nginx_main
 from bench.cpus import Cpus, can_pin, pinned_argv
 
@@ -159,36 +159,32 @@ async def wait_ready(admin: str) -> None:
     raise RuntimeError("the proxy did not become ready within 20 s")
 
 
-async def renewals(admin: str, pid: int, count: int, seconds: float) -> dict[str, float]:
-    """CPU % of one core: idle window, then `count` renewals a second for `seconds`."""
+async def renewals(admin_port: int, pid: int, count: int, seconds: float) -> dict[str, Any]:
+    """CPU % of one core: an idle window, then `count` sidecars each renewing once a second
+    on its own keep-alive connection (bench.fleet) for `seconds`."""
     before = cpu_seconds(pid)
     await asyncio.sleep(seconds)  # sleep-ok: the idle window being measured
     idle = cpu_seconds(pid) - before
-    endpoint = admin + "/admin/pools/cloud/backends"
     urls = [f"http://10.{i // 250}.{i % 250}.1:8080" for i in range(count)]
-    connector = aiohttp.TCPConnector(limit=32)
-    answered = 0
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def put(url: str) -> None:
-            nonlocal answered
-            async with session.put(endpoint, json={"url": url, "ttl": "10s"}) as response:
-                await response.read()
-                answered += response.status == 200
-
-        await asyncio.gather(*[put(url) for url in urls])  # registered; now renew each second
-        start, before = time.monotonic(), cpu_seconds(pid)
-        for second in range(int(seconds)):
-            await asyncio.gather(*[put(url) for url in urls])
-            await asyncio.sleep(max(0.0, start + second + 1 - time.monotonic()))  # sleep-ok: pace
-        busy = cpu_seconds(pid) - before
-        elapsed = time.monotonic() - start
+    sidecars, tally = await fleet.connect("127.0.0.1", admin_port, "cloud", urls)
+    registered = tally.ok
+    before = cpu_seconds(pid)
+    elapsed = await fleet.renew_for(sidecars, int(seconds))
+    busy = cpu_seconds(pid) - before
+    fleet.close(sidecars)
+    renewed = tally.ok - registered
     return {
-        "renewals_per_s": round((answered - count) / elapsed, 1),
+        "connections": len(sidecars),
+        "registered": registered,
+        "renewals_per_s": round(renewed / elapsed, 1),
+        "late": tally.late,
+        "lost": tally.lost,
+        "statuses": tally.statuses,
         "window_s": round(elapsed, 2),
         "idle_cpu_pct": round(100 * idle / seconds, 2),
         "renewing_cpu_pct": round(100 * busy / elapsed, 2),
         "cost_pct_of_one_core": round(100 * (busy / elapsed - idle / seconds), 2),
+        "cpu_us_per_renewal": round(1e6 * (busy - idle * elapsed / seconds) / max(1, renewed), 1),
     }
 
 
@@ -256,6 +252,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=6.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10.0, help="renewal window (0: skip)")
+    parser.add_argument("--backends", type=int, default=1000, help="sidecars, 1 renewal/s each")
     parser.add_argument("--generator", choices=("c", "python"), default="c")
     parser.add_argument("--no-pin", dest="pin", action="store_false")
     args = parser.parse_args()
@@ -271,7 +268,9 @@ def main() -> int:
     ):
         asyncio.run(wait_ready(admin))
         if args.seconds:
-            report["registration"] = asyncio.run(renewals(admin, proxy.pid, 1000, args.seconds))
+            report["registration"] = asyncio.run(
+                renewals(ports["admin"], proxy.pid, args.backends, args.seconds)
+            )
         if args.rounds:
             paths = ("plain", "mirrored", "mirror-down", "mirror-slow")
             report["mirror"] = {"proxy": mirror_runs(ports["proxy"], paths, args)}

@@ -1,14 +1,14 @@
-"""The admin listener's endpoints (aiohttp). Never served on the public listener."""
+"""The admin listener's endpoints: plain functions on the admin router (admin_http.py).
+Never served on the public listener."""
 
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from mcp_proxy.admin_auth import write_guard
+from mcp_proxy.admin_http import AdminRequest, AdminRoutes, Reply, error_reply, json_reply
 from mcp_proxy.admin_registration import add_registration_routes, registration_fields
 from mcp_proxy.explain import BadQuery, parse_query, routes_document
 from mcp_proxy.explain import explain as explain_request
@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from mcp_proxy.metrics import Metrics
     from mcp_proxy.runtime import Runtime, RuntimeRef
     from mcp_proxy.tls.listener import TlsListener
+
+METRICS_TYPE = CONTENT_TYPE_LATEST.encode()
 
 
 class Served(Protocol):
@@ -36,36 +38,33 @@ class Reloads(Protocol):
     async def reload(self, trigger: str) -> dict[str, Any]: ...
 
 
-def make_admin_app(server: Served, reloader: Reloads) -> web.Application:
-    async def metrics(request: web.Request) -> web.Response:
-        body = server.metrics.exposition()
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+def make_admin_routes(server: Served, reloader: Reloads) -> AdminRoutes:
+    def metrics(request: AdminRequest) -> Reply:
+        return Reply(200, server.metrics.exposition(), METRICS_TYPE)
 
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+    def healthz(request: AdminRequest) -> Reply:
+        return json_reply({"status": "ok"})
 
-    async def readyz(request: web.Request) -> web.Response:
+    def readyz(request: AdminRequest) -> Reply:
         ready = server.serving and server.ref is not None and server.runtime.healthy_backends() > 0
-        return web.json_response(
-            {"ready": ready}, status=200 if ready else 503, headers={"Cache-Control": "no-store"}
-        )
+        return json_reply({"ready": ready}, 200 if ready else 503)
 
-    async def backends(request: web.Request) -> web.Response:
-        return web.json_response(backends_document(server))
+    def backends(request: AdminRequest) -> Reply:
+        return json_reply(backends_document(server))
 
-    async def explain(request: web.Request) -> web.Response:
+    def explain(request: AdminRequest) -> Reply:
+        query = request.query()
+        first = {name: values[0] for name, values in query.items()}
         try:
-            method, path, host, headers = parse_query(
-                request.query, request.query.getall("header", [])
-            )
+            method, path, host, headers = parse_query(first, query.get("header", []))
         except BadQuery as bad:
-            return web.json_response({"error": str(bad)}, status=400)
+            return error_reply(400, str(bad))
         found = explain_request(server.runtime, method, path, host, headers, time.monotonic())
-        return web.json_response(found or {"route": None}, status=200 if found else 404)
+        return json_reply(found or {"route": None}, 200 if found else 404)
 
-    async def config(request: web.Request) -> web.Response:
+    def config(request: AdminRequest) -> Reply:
         runtime = server.runtime
-        return web.json_response(
+        return json_reply(
             {
                 "version": runtime.version,
                 "loaded_at": runtime.loaded_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
@@ -74,21 +73,20 @@ def make_admin_app(server: Served, reloader: Reloads) -> web.Application:
             }
         )
 
-    async def reload(request: web.Request) -> web.Response:
+    async def reload(request: AdminRequest) -> Reply:
         result = await reloader.reload(trigger="admin")
-        status = 422 if result["result"] == "refused" else 200
-        return web.json_response(result, status=status)
+        return json_reply(result, 422 if result["result"] == "refused" else 200)
 
-    app = web.Application(middlewares=[write_guard(server)], client_max_size=64 * 1024)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/admin/backends", backends)
-    app.router.add_get("/admin/config", config)
-    app.router.add_get("/admin/explain", explain)
-    app.router.add_post("/admin/reload", reload)
-    add_registration_routes(app, server)
-    return app
+    routes = AdminRoutes()
+    routes.add("GET", "/metrics", metrics)
+    routes.add("GET", "/healthz", healthz)
+    routes.add("GET", "/readyz", readyz)
+    routes.add("GET", "/admin/backends", backends)
+    routes.add("GET", "/admin/config", config)
+    routes.add("GET", "/admin/explain", explain)
+    routes.add("POST", "/admin/reload", reload)
+    add_registration_routes(routes, server)
+    return routes
 
 
 def backends_document(server: Served) -> dict[str, Any]:

@@ -20,13 +20,11 @@ Reads (GET, HEAD) are never checked: metrics and health are for whoever reaches 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-from aiohttp.typedefs import Middleware
-
-from mcp_proxy.auth import authorize, bearer_token
+from mcp_proxy.admin_http import AdminRequest, Guard, Reply, error_reply
+from mcp_proxy.auth import Identity, authorize, bearer_token
 from mcp_proxy.config.model import is_loopback_host
 from mcp_proxy.errors import AuthError, Forbidden
 from mcp_proxy.routing import request_host, route_host
@@ -35,12 +33,24 @@ if TYPE_CHECKING:
     from mcp_proxy.admin import Served
     from mcp_proxy.config.model import Config
 
-WRITES = frozenset({"POST", "PUT", "DELETE", "PATCH"})
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# (Host, local address, admin_auth.hosts) -> allowed: the few Host values an admin sees are
+# judged once each (a renewal a second per backend would otherwise parse the same one).
+_HOSTS: dict[tuple[str | None, str | None, tuple[str, ...]], bool] = {}
+_HOSTS_KEPT = 256
 
 
 def allowed_host(host: str | None, local_address: str | None, extra: tuple[str, ...]) -> bool:
     """Is `Host` one the admin answers writes for? (See the module docstring, check 1.)"""
+    key = (host, local_address, extra)
+    known = _HOSTS.get(key)
+    if known is None:
+        if len(_HOSTS) >= _HOSTS_KEPT:
+            _HOSTS.clear()
+        known = _HOSTS[key] = _judge_host(host, local_address, extra)
+    return known
+
+
+def _judge_host(host: str | None, local_address: str | None, extra: tuple[str, ...]) -> bool:
     if not host:
         return False
     name = request_host(host)
@@ -69,52 +79,61 @@ def allowed_origin(origin: str | None, host: str) -> bool:
     return origin.lower() in (f"http://{host}".lower(), f"https://{host}".lower())
 
 
-def refuse(status: int, message: str, challenge: str | None = None) -> web.Response:
-    headers = {"WWW-Authenticate": challenge} if challenge else None
-    return web.json_response({"error": message}, status=status, headers=headers)
+def refuse(status: int, message: str, challenge: str | None = None) -> Reply:
+    return error_reply(status, message, (("WWW-Authenticate", challenge),) if challenge else ())
 
 
-async def check_write(request: web.Request, config: Config, server: Served) -> web.Response | None:
-    """None when the write may go ahead, else the answer that refuses it."""
+Check = Reply | Awaitable[Reply | None] | None
+
+
+def check_write(request: AdminRequest, config: Config, server: Served) -> Check:
+    """None when the write may go ahead, else the answer that refuses it (or an awaitable of
+    either, when the token is not in the verifier's cache)."""
     extra = config.admin_auth.hosts if config.admin_auth is not None else ()
-    sockname = request.transport.get_extra_info("sockname") if request.transport else None
-    local = sockname[0] if isinstance(sockname, tuple) else None
-    host = request.headers.get("Host")
-    if not allowed_host(host, local, extra):
+    host = request.host
+    if not allowed_host(host, request.local_address(), extra):
         return refuse(421, "this admin does not answer writes for that Host")
     assert host is not None
-    if not allowed_origin(request.headers.get("Origin"), host):
+    if not allowed_origin(request.origin, host):
         return refuse(403, "admin writes from a web page's origin are refused")
     if config.admin_auth is None:
         return None
-    return await _check_token(request, config.admin_auth.scope, server)
+    return _check_token(request, config.admin_auth.scope, server)
 
 
-async def _check_token(request: web.Request, scope: str, server: Served) -> web.Response | None:
-    header = request.headers.get("Authorization")
-    token = bearer_token(header.encode("latin-1", "replace") if header is not None else None)
+def _check_token(request: AdminRequest, scope: str, server: Served) -> Check:
+    token = bearer_token(request.authorization)
+    if token is None:
+        return _refusal(AuthError("a bearer token is required", token_given=False), scope)
+    verifier = server.runtime.verifier
+    identity = verifier.cached(token)
+    if identity is None:
+        return _verified(verifier.verify(token), scope)
+    return _authorized(identity, scope)
+
+
+async def _verified(verifying: Awaitable[Identity], scope: str) -> Reply | None:
     try:
-        if token is None:
-            raise AuthError("a bearer token is required", token_given=False)
-        verifier = server.runtime.verifier
-        identity = verifier.cached(token) or await verifier.verify(token)
+        identity = await verifying
+    except (AuthError, Forbidden) as error:
+        return _refusal(error, scope)
+    return _authorized(identity, scope)
+
+
+def _authorized(identity: Identity, scope: str) -> Reply | None:
+    try:
         authorize(identity, frozenset({scope}))
-    except AuthError as error:
-        return refuse(401, error.message, dict(error.headers).get("WWW-Authenticate"))
-    except Forbidden:
-        return refuse(403, f"the token lacks the admin scope {scope!r}")
+    except (AuthError, Forbidden) as error:
+        return _refusal(error, scope)
     return None
 
 
-def write_guard(server: Served) -> Middleware:
-    """aiohttp middleware: every write through `check_write` first."""
+def _refusal(error: AuthError | Forbidden, scope: str) -> Reply:
+    if isinstance(error, Forbidden):
+        return refuse(403, f"the token lacks the admin scope {scope!r}")
+    return refuse(401, error.message, dict(error.headers).get("WWW-Authenticate"))
 
-    @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method in WRITES:
-            refusal = await check_write(request, server.runtime.config, server)
-            if refusal is not None:
-                return refusal
-        return await handler(request)
 
-    return guard
+def write_guard(server: Served) -> Guard:
+    """The admin router's guard: every write through `check_write` first."""
+    return lambda request: check_write(request, server.runtime.config, server)

@@ -1,7 +1,8 @@
 """The admin's registration endpoints: `PUT`/`DELETE /admin/pools/{pool}/backends`.
 
-The work is `registration.Registrations`'; this is the HTTP edge: read the body (JSON, at most
-the admin's 64 KiB), answer the backend's document or `{"error"}` with the refusal's status.
+The work is `registration.Registrations`'; this is the HTTP edge: the body (JSON, at most the
+admin's 64 KiB: the engine refuses more with 413), the backend's document or `{"error"}` with
+the refusal's status. Both run in the callback that parsed the request (no task).
 """
 
 from __future__ import annotations
@@ -9,43 +10,41 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
+from mcp_proxy.admin_http import AdminRequest, AdminRoutes, Reply, error_reply, json_reply
 from mcp_proxy.registration import Refusal
 
 if TYPE_CHECKING:
     from mcp_proxy.admin import Served
     from mcp_proxy.runtime import Runtime
 
+PATH = "/admin/pools/{pool}/backends"
 
-def add_registration_routes(app: web.Application, server: Served) -> None:
-    async def register(request: web.Request) -> web.Response:
+
+def add_registration_routes(routes: AdminRoutes, server: Served) -> None:
+    def register(request: AdminRequest) -> Reply:
         try:
-            body = await _json_body(request)
-            document = server.runtime.registrations.put(request.match_info["pool"], body)
+            document = server.runtime.registrations.put(
+                request.params["pool"], _json_body(request.body)
+            )
         except Refusal as refusal:
-            return web.json_response({"error": refusal.message}, status=refusal.status)
-        return web.json_response(document)
+            return error_reply(refusal.status, refusal.message)
+        return json_reply(document)
 
-    async def deregister(request: web.Request) -> web.Response:
-        url = request.query.get("url", "").rstrip("/")
+    def deregister(request: AdminRequest) -> Reply:
+        url = request.arg("url").rstrip("/")
         try:
             if not url:
                 raise Refusal(400, "give the backend as ?url=http://host:port")
-            document = server.runtime.registrations.delete(request.match_info["pool"], url)
+            document = server.runtime.registrations.delete(request.params["pool"], url)
         except Refusal as refusal:
-            return web.json_response({"error": refusal.message}, status=refusal.status)
-        return web.json_response(document)
+            return error_reply(refusal.status, refusal.message)
+        return json_reply(document)
 
-    app.router.add_put("/admin/pools/{pool}/backends", register)
-    app.router.add_delete("/admin/pools/{pool}/backends", deregister)
+    routes.add("PUT", PATH, register)
+    routes.add("DELETE", PATH, deregister)
 
 
-async def _json_body(request: web.Request) -> Any:
-    try:
-        data = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise Refusal(413, "the body is over 64 KiB") from None
+def _json_body(data: bytes) -> Any:
     try:
         return json.loads(data)  # a bad encoding is a ValueError too
     except (ValueError, RecursionError):

@@ -108,9 +108,16 @@ class Metrics:
         }
         for result in ("ok", "refused"):
             self.reloads.labels(result)
+        self._registration_counts: dict[tuple[str, str], Callable[[], None]] = {}
 
     def count_registration(self, pool: str, event: str) -> None:
-        self.registrations.labels(pool, event).inc()
+        """A renewal a second per registered backend: each (pool, event) child looked up once."""
+        increment = self._registration_counts.get((pool, event))
+        if increment is None:
+            increment = self._registration_counts[(pool, event)] = self.registrations.labels(
+                pool, event
+            ).inc
+        increment()
 
     def count_mirror(self, result: str) -> None:
         self.mirrored.labels(result).inc()

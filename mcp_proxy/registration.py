@@ -54,7 +54,7 @@ def parse_lease_request(body: object, known: Container[str] = ()) -> tuple[str, 
     if "ttl" not in body:
         raise Refusal(400, "ttl is required (a duration such as 10s, or seconds)")
     try:
-        ttl = parse_duration(body["ttl"])
+        ttl = _ttl_seconds(body["ttl"])
     except ValueError as error:
         raise Refusal(400, f"ttl: {error}") from None
     if not MIN_TTL <= ttl <= MAX_TTL:
@@ -70,6 +70,21 @@ def parse_lease_request(body: object, known: Container[str] = ()) -> tuple[str, 
         where = ".".join(str(part) for part in first["loc"]) or "body"
         raise Refusal(400, f"{where}: {first['msg']}") from None
     return backend.url, backend.weight, ttl
+
+
+_TTLS: dict[str, float] = {}  # the few TTL texts a fleet sends ("10s"), each parsed once
+_TTLS_KEPT = 64
+
+
+def _ttl_seconds(value: object) -> float:
+    if type(value) is not str:
+        return parse_duration(value)
+    seconds = _TTLS.get(value)
+    if seconds is None:
+        if len(_TTLS) >= _TTLS_KEPT:
+            _TTLS.clear()
+        seconds = _TTLS[value] = parse_duration(value)
+    return seconds
 
 
 def _plain_weight(weight: object) -> bool:

@@ -14,11 +14,11 @@ import logging
 import signal
 import socket
 
-from aiohttp import web
-
 from mcp_proxy import operations
 from mcp_proxy.accesslog import AccessLog
-from mcp_proxy.admin import make_admin_app
+from mcp_proxy.admin import make_admin_routes
+from mcp_proxy.admin_auth import write_guard
+from mcp_proxy.admin_http import AdminHandler, AdminListener, AdminRoutes
 from mcp_proxy.config import LoadedConfig
 from mcp_proxy.http1.client import ClientConnection
 from mcp_proxy.metrics import Metrics
@@ -40,7 +40,7 @@ class ProxyServer:
         # Ready (/readyz) only once the public listener accepts: the admin starts first, and a
         # probe answered 200 before that would send traffic to a port nobody listens on yet.
         self.serving = False
-        self.admin_runner: web.AppRunner | None = None
+        self.admin_listener: AdminListener | None = None
         self.reloader: Reloader | None = None
         self.access_log: AccessLog | None = None
         self.stopping = asyncio.Event()
@@ -111,19 +111,16 @@ class ProxyServer:
     def _make_reloader(self) -> Reloader:
         return Reloader(self)
 
-    def _admin_app(self) -> web.Application:
+    def _admin_routes(self) -> AdminRoutes:
         assert self.reloader is not None
-        return make_admin_app(self, self.reloader)
+        return make_admin_routes(self, self.reloader)
 
     async def _start_admin(self, runtime: Runtime) -> None:
-        app = self._admin_app()
-        self.admin_runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self.admin_runner.setup()
+        handler = AdminHandler(self._admin_routes(), write_guard(self))
+        self.admin_listener = AdminListener(handler, lambda: self.runtime.config)
         host, port = runtime.config.admin
-        site = web.TCPSite(self.admin_runner, host, port, reuse_address=True)
         with operations.naming_the_key("admin", host, port):
-            await site.start()
-        self.admin_address = _bound(site._server)
+            self.admin_address = _bound(await self.admin_listener.start(host, port))
 
     def _forget(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
@@ -161,8 +158,8 @@ class ProxyServer:
             await self.reloader.close()
         if self.ref is not None:
             await self.ref.current.close()
-        if self.admin_runner is not None:
-            await self.admin_runner.cleanup()
+        if self.admin_listener is not None:
+            await self.admin_listener.close()
         if self.access_log is not None:
             # The wait is bounded (a stdout nobody reads must not hold the exit) and in a
             # thread: it blocks, and the loop may still have callbacks to run.

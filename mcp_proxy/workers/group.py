@@ -17,11 +17,11 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from mcp_proxy.admin_http import AdminRoutes
 from mcp_proxy.config import LoadedConfig
 from mcp_proxy.reload import Refused, Reloader
 from mcp_proxy.runtime import Runtime
@@ -169,12 +169,12 @@ class GroupServer(ProxyServer):
     def _make_reloader(self) -> Reloader:
         return GroupReloader(self)
 
-    def _admin_app(self) -> web.Application:
+    def _admin_routes(self) -> AdminRoutes:
         from mcp_proxy.workers.groupadmin import add_group_view
 
-        app = super()._admin_app()
-        add_group_view(app, self)
-        return app
+        routes = super()._admin_routes()
+        add_group_view(routes, self)
+        return routes
 
     async def _start_listener(self, runtime: Runtime) -> None:
         host, port = runtime.config.listen
