@@ -401,6 +401,8 @@ class Pipeline:
         runtime = flight.runtime
         self._release_slot(flight)
         flight.request.queued = False
+        if flight.request.websocket:
+            self.tunnels.landed(flight)  # an upgrade that never switched is no longer counted
         runtime.active -= 1
         if not runtime.active and runtime.retired is not None:
             runtime.retired.set()

@@ -3,10 +3,15 @@ sent upstream, and the hand-over at the backend's 101 (the byte pump is http1/tu
 
 A WebSocket request runs the pipeline like any other (route, auth, admission, pick) on a new
 upstream connection. Only the backend's `101` with `Upgrade: websocket` (upstream.py checks it)
-reaches `Tunnels.open`: the attempt ends there and gives up its admission slot, both
+reaches `Tunnels.start`: the attempt ends there and gives up its admission slot, both
 transports go to a `Tunnel`, and the flight stays in the air (its snapshot counted active, so
 a reload retires the old one only when its last tunnel ends) until the tunnel ends; then it
 lands once, with status 101, the bytes each way and the tunnel's duration in its log line.
+
+`max_tunnels` bounds the tunnels open *and* the upgrades waiting for their 101: each of those
+holds a backend connection of its own and may become a tunnel, so counting only open ones would
+let a burst of upgrades to a slow backend pass the limit all at once. An upgrade is counted from
+its upstream head until its 101 (then it is open) or until its flight lands without one.
 """
 
 from __future__ import annotations
@@ -40,17 +45,25 @@ class Tunnels:
 
     def __init__(self, gauge: Gauge) -> None:
         self.open = 0
+        self.upgrading: set[Flight] = set()  # upgrades sent upstream, no 101 yet
         self.gauge = gauge
         self.by_route: dict[str, Gauge] = {}  # each route's child of the gauge, looked up once
 
     def __repr__(self) -> str:
-        return f"<Tunnels open={self.open}>"
+        return f"<Tunnels open={self.open} upgrading={len(self.upgrading)}>"
 
     def upgrade_head(self, flight: Flight, head: bytes) -> bytes:
-        """The upstream head of a WebSocket request: refused (503) at `max_tunnels`."""
-        if self.open >= flight.runtime.config.limits.max_tunnels:
+        """The upstream head of a WebSocket request, which counts it as upgrading: refused
+        (503) when the open tunnels and the upgrades under way reach `max_tunnels`."""
+        waiting = len(self.upgrading) - (flight in self.upgrading)  # a retry holds its place
+        if self.open + waiting >= flight.runtime.config.limits.max_tunnels:
             raise TunnelsFull()
+        self.upgrading.add(flight)
         return head[:-2] + UPGRADE_FIELDS + b"\r\n"
+
+    def landed(self, flight: Flight) -> None:
+        """A WebSocket request's flight ended (refused, failed, or its tunnel over)."""
+        self.upgrading.discard(flight)
 
     def start(self, host: Host, attempt: Attempt, response: ResponseHead) -> None:
         """The backend switched protocols: relay its 101 and join the two connections."""
@@ -60,6 +73,7 @@ class Tunnels:
         attempt.ok = True
         flight.status = 101
         host.switched(flight, attempt)
+        self.upgrading.discard(flight)  # open from now on (counted below)
         request = flight.request
         writer = request.writer
         limits = flight.runtime.config.limits

@@ -411,6 +411,56 @@ async def test_past_max_tunnels_is_a_503(tmp_path: Path, backend: WsBackend) -> 
         await proxy.stop()
 
 
+async def upgrade_status(proxy: Proxy) -> int:
+    client = await RawClient.open(proxy.port)
+    await client.send(upgrade_head())
+    status = (await client.response()).status
+    client.close()
+    return status
+
+
+async def test_upgrades_waiting_for_their_101_count_toward_max_tunnels(tmp_path: Path) -> None:
+    """An upgrade holds a backend connection and may become a tunnel: with `max_tunnels: 1`
+    a second upgrade is refused while the first still waits for its 101, and an upgrade the
+    backend refuses (403) gives its place back."""
+    end, arrived, go = TunnelEnd(), asyncio.Event(), asyncio.Event()
+    refuse = False
+
+    async def slow_101(
+        head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if refuse:
+            writer.write(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\n\r\nno")
+            return
+        arrived.set()
+        await go.wait()
+        await end(head, reader, writer)
+
+    peer = await RawBackend(slow_101).start()
+    proxy = await Proxy.start(tmp_path, raw_config(peer, limits={"max_tunnels": 1}))
+    try:
+        waiting = await RawClient.open(proxy.port)
+        await waiting.send(upgrade_head())
+        await asyncio.wait_for(arrived.wait(), 5)
+        assert await upgrade_status(proxy) == 503
+        assert peer.paths() == ["/ws"]  # the refused one never reached the backend
+        go.set()
+        head = await asyncio.wait_for(waiting.reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert await upgrade_status(proxy) == 503
+        end.release.set()  # the backend closes: passed on to the client as a half-close
+        waiting.close()  # and the client's close ends the tunnel
+        await eventually(lambda: tunnels(proxy) == 0)
+        refuse = True
+        for _ in range(3):  # each refused upgrade gives its place back
+            assert await upgrade_status(proxy) == 403
+    finally:
+        go.set()
+        end.release.set()
+        await proxy.stop()
+        await peer.stop()
+
+
 async def test_tunnel_stays_open_across_a_reload(tmp_path: Path, backend: WsBackend) -> None:
     proxy = await start_proxy(tmp_path, backend)
     try:
