@@ -19,6 +19,7 @@ Reads (GET, HEAD) are never checked: metrics and health are for whoever reaches 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
@@ -33,21 +34,13 @@ if TYPE_CHECKING:
     from mcp_proxy.admin import Served
     from mcp_proxy.config.model import Config
 
-# (Host, local address, admin_auth.hosts) -> allowed: the few Host values an admin sees are
-# judged once each (a renewal a second per backend would otherwise parse the same one).
-_HOSTS: dict[tuple[str | None, str | None, tuple[str, ...]], bool] = {}
-_HOSTS_KEPT = 256
 
-
+@functools.lru_cache(maxsize=256)
 def allowed_host(host: str | None, local_address: str | None, extra: tuple[str, ...]) -> bool:
-    """Is `Host` one the admin answers writes for? (See the module docstring, check 1.)"""
-    key = (host, local_address, extra)
-    known = _HOSTS.get(key)
-    if known is None:
-        if len(_HOSTS) >= _HOSTS_KEPT:
-            _HOSTS.clear()
-        known = _HOSTS[key] = _judge_host(host, local_address, extra)
-    return known
+    """Is `Host` one the admin answers writes for? (See the module docstring, check 1.) Each
+    of the few Host values an admin sees is judged once (a renewal a second per backend would
+    otherwise parse the same one)."""
+    return _judge_host(host, local_address, extra)
 
 
 def _judge_host(host: str | None, local_address: str | None, extra: tuple[str, ...]) -> bool:

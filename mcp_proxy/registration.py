@@ -13,6 +13,7 @@ leases of the others are dropped. The clock is the event loop's (monotonic).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Container
 from typing import TYPE_CHECKING, Any
@@ -72,19 +73,14 @@ def parse_lease_request(body: object, known: Container[str] = ()) -> tuple[str, 
     return backend.url, backend.weight, ttl
 
 
-_TTLS: dict[str, float] = {}  # the few TTL texts a fleet sends ("10s"), each parsed once
-_TTLS_KEPT = 64
-
-
 def _ttl_seconds(value: object) -> float:
-    if type(value) is not str:
-        return parse_duration(value)
-    seconds = _TTLS.get(value)
-    if seconds is None:
-        if len(_TTLS) >= _TTLS_KEPT:
-            _TTLS.clear()
-        seconds = _TTLS[value] = parse_duration(value)
-    return seconds
+    return _ttl_text_seconds(value) if type(value) is str else parse_duration(value)
+
+
+@functools.lru_cache(maxsize=64)
+def _ttl_text_seconds(text: str) -> float:
+    """The few TTL texts a fleet sends ("10s"), each parsed once."""
+    return parse_duration(text)
 
 
 def _plain_weight(weight: object) -> bool:
